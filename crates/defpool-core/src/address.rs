@@ -1,0 +1,1 @@
+//! Payout addresses: parsing and validation per coin and network.
