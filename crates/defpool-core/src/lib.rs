@@ -9,6 +9,7 @@ pub mod hash;
 pub mod header;
 pub mod merkle;
 pub mod money;
+pub mod secret;
 pub mod share;
 pub mod work;
 

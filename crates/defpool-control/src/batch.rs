@@ -1,0 +1,232 @@
+//! Batches: what proxies report to the server, keyed by `(proxy_id, sequence)`, and the rule that
+//! applies each one exactly once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use defpool_core::{Algorithm, Ticker};
+use serde::{Deserialize, Serialize};
+
+/// A proxy's stable identity, as configured.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyId(pub String);
+
+impl fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Work is a `u128` of expected hashes; JSON numbers lose precision past 2^53 in many readers,
+/// so work travels as a decimal string.
+mod work_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Work one worker did on one coin in one epoch, over a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkRecord {
+    /// The stratum username's user part: a payout address or an account name.
+    pub user: String,
+    pub worker: String,
+    pub coin: Ticker,
+    /// Assignment epoch the shares were mined under.
+    pub epoch: u64,
+    /// Upstream the work went to.
+    pub upstream: String,
+    /// Sum of the work of accepted shares (expected hashes, see `defpool_core::work`).
+    #[serde(with = "work_string")]
+    pub accepted_work: u128,
+    pub accepted_shares: u64,
+    /// Work of shares for retired jobs accepted within the switch grace window.
+    #[serde(with = "work_string")]
+    pub late_work: u128,
+    pub late_shares: u64,
+    /// Rejected shares by reason code (`stale-share`, `duplicate-share`, …).
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
+    /// Period covered (Unix milliseconds, inclusive start, exclusive end).
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// A user first seen by a proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user: String,
+    /// The payout address as validated by the proxy (for account names, none).
+    pub payout_address: Option<String>,
+    pub first_seen_ms: u64,
+}
+
+/// Health of an upstream as a proxy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    Up,
+    Degraded,
+    Down,
+}
+
+/// Things that happen on a proxy that the server must know about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A share met the network target and was passed upstream as a block.
+    BlockCandidate {
+        coin: Ticker,
+        epoch: u64,
+        upstream: String,
+        user: String,
+        worker: String,
+        /// Block hash in display order.
+        block_hash: String,
+        height: Option<u64>,
+        at_ms: u64,
+    },
+    UpstreamHealth {
+        upstream: String,
+        coin: Ticker,
+        state: HealthState,
+        reason: String,
+        at_ms: u64,
+    },
+    /// How a switch went: command to each miner's first job on the new coin.
+    SwitchTiming {
+        algorithm: Algorithm,
+        from_epoch: u64,
+        to_epoch: u64,
+        from_coin: Option<Ticker>,
+        to_coin: Ticker,
+        miners: u64,
+        first_job_p50_ms: u64,
+        first_job_p99_ms: u64,
+        first_job_max_ms: u64,
+        /// Miners that needed set_extranonce / SetExtranoncePrefix.
+        extranonce_resets: u64,
+        /// Miners that had to reconnect (the last resort).
+        reconnects: u64,
+        at_ms: u64,
+    },
+}
+
+/// One entry of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Work(WorkRecord),
+    User(UserRecord),
+    Event(Event),
+}
+
+/// What a proxy sends: records in the order they happened, under a sequence number one above
+/// the previous batch's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub proxy_id: ProxyId,
+    pub sequence: u64,
+    pub created_at_ms: u64,
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// Total accepted work in the batch (for tests and accounting checks).
+    pub fn accepted_work(&self) -> u128 {
+        self.records
+            .iter()
+            .map(|r| match r {
+                Record::Work(w) => w.accepted_work + w.late_work,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// What to do with an arriving batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// The next batch: apply it, then record its sequence in the same transaction.
+    Apply,
+    /// Already applied (a retransmission after a lost acknowledgement): acknowledge again,
+    /// apply nothing.
+    Duplicate,
+    /// A batch is missing before this one: refuse it; the proxy resends from `expected`.
+    Gap { expected: u64 },
+}
+
+/// The exactly-once rule: per proxy, the highest sequence applied. Sequences start at 1 and a
+/// proxy sends them in order from its outbox, so one number per proxy is the whole state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SequenceLedger {
+    applied: BTreeMap<ProxyId, u64>,
+}
+
+impl SequenceLedger {
+    pub fn check(&self, proxy: &ProxyId, sequence: u64) -> SequenceCheck {
+        let last = self.last_applied(proxy);
+        if sequence <= last {
+            SequenceCheck::Duplicate
+        } else if sequence == last + 1 {
+            SequenceCheck::Apply
+        } else {
+            SequenceCheck::Gap { expected: last + 1 }
+        }
+    }
+
+    /// Record that `sequence` was applied (after [`SequenceCheck::Apply`]).
+    pub fn mark_applied(&mut self, proxy: &ProxyId, sequence: u64) {
+        let last = self.applied.entry(proxy.clone()).or_insert(0);
+        *last = (*last).max(sequence);
+    }
+
+    pub fn last_applied(&self, proxy: &ProxyId) -> u64 {
+        self.applied.get(proxy).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sequence_rules() {
+        let mut l = SequenceLedger::default();
+        let p = ProxyId("p1".into());
+        assert_eq!(l.check(&p, 1), SequenceCheck::Apply);
+        assert_eq!(l.check(&p, 3), SequenceCheck::Gap { expected: 1 });
+        l.mark_applied(&p, 1);
+        assert_eq!(l.check(&p, 1), SequenceCheck::Duplicate);
+        assert_eq!(l.check(&p, 2), SequenceCheck::Apply);
+        assert_eq!(l.check(&ProxyId("p2".into()), 1), SequenceCheck::Apply);
+    }
+
+    proptest! {
+        /// Whatever a proxy retransmits, reorders or duplicates, each sequence is applied once and
+        /// in order.
+        #[test]
+        fn each_batch_applies_exactly_once(deliveries in prop::collection::vec(1u64..20, 0..200)) {
+            let mut l = SequenceLedger::default();
+            let p = ProxyId("p".into());
+            let mut applied = Vec::new();
+            for s in deliveries {
+                if l.check(&p, s) == SequenceCheck::Apply {
+                    applied.push(s);
+                    l.mark_applied(&p, s);
+                }
+            }
+            let expected: Vec<u64> = (1..=applied.len() as u64).collect();
+            prop_assert_eq!(applied, expected);
+        }
+    }
+}
