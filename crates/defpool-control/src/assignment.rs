@@ -69,7 +69,10 @@ pub struct Assignment {
 impl Assignment {
     /// The coin of the heaviest target (the one a single-coin proxy mines).
     pub fn primary_coin(&self) -> Option<&Ticker> {
-        self.targets.iter().max_by_key(|t| t.weight).map(|t| &t.coin)
+        self.targets
+            .iter()
+            .max_by_key(|t| t.weight)
+            .map(|t| &t.coin)
     }
 
     /// Upstreams for one coin, in order.
@@ -170,7 +173,10 @@ pub(crate) mod tests {
             slot.offer(assignment(1, "DOGE")),
             Offer::Stale { current_epoch: 2 }
         );
-        assert_eq!(slot.current().unwrap().primary_coin().unwrap().as_str(), "LTC");
+        assert_eq!(
+            slot.current().unwrap().primary_coin().unwrap().as_str(),
+            "LTC"
+        );
         let mut sha = assignment(9, "BTC");
         sha.algorithm = Algorithm::Sha256d;
         assert_eq!(slot.offer(sha), Offer::WrongSlot);

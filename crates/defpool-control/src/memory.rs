@@ -49,7 +49,7 @@ impl MemoryServer {
     }
 
     /// Handle a proxy's Hello: a session and the Welcome, or the Error to send back.
-    pub fn connect(&self, hello: Message) -> Result<(Session, Message), Message> {
+    pub fn connect(&self, hello: Message) -> Result<(Session, Message), Refused> {
         let Message::Hello {
             proxy_id,
             token,
@@ -58,12 +58,15 @@ impl MemoryServer {
             ..
         } = hello
         else {
-            return Err(error("expected-hello", "the first message must be hello"));
+            return Err(Refused::new(
+                "expected-hello",
+                "the first message must be hello",
+            ));
         };
         let mut state = self.lock();
         match state.tokens.get(&proxy_id) {
             Some(t) if t.matches(token.expose()) => {}
-            _ => return Err(error("bad-token", "unknown proxy or wrong token")),
+            _ => return Err(Refused::new("bad-token", "unknown proxy or wrong token")),
         }
         let (tx, rx) = channel();
         state.subscribers.push((group.clone(), tx));
@@ -96,9 +99,9 @@ impl MemoryServer {
             }
         }
         state.assignments.insert(key, assignment.clone());
-        state
-            .subscribers
-            .retain(|(group, tx)| group != &assignment.group || tx.send(assignment.clone()).is_ok());
+        state.subscribers.retain(|(group, tx)| {
+            group != &assignment.group || tx.send(assignment.clone()).is_ok()
+        });
         Ok(())
     }
 
@@ -142,6 +145,29 @@ impl Session {
                 "gap",
                 &format!("batch {sequence} arrived before {expected}"),
             ),
+        }
+    }
+}
+
+/// Why a connection was refused; [`Refused::into_message`] is what goes back on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: String,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(code: &str, message: &str) -> Refused {
+        Refused {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        Message::Error {
+            code: self.code,
+            message: self.message,
         }
     }
 }
@@ -195,7 +221,8 @@ mod tests {
     fn bad_token_is_refused() {
         let server = MemoryServer::new([(ProxyId("p1".into()), Secret::new("right"))]);
         let err = server.connect(hello("wrong")).err().unwrap();
-        assert!(matches!(err, Message::Error { code, .. } if code == "bad-token"));
+        assert_eq!(err.code, "bad-token");
+        assert!(matches!(err.into_message(), Message::Error { code, .. } if code == "bad-token"));
     }
 
     #[test]
@@ -203,7 +230,9 @@ mod tests {
         let server = MemoryServer::new([(ProxyId("p1".into()), Secret::new("t"))]);
         server.publish(assignment(1, "LTC")).unwrap();
         let (session, welcome) = server.connect(hello("t")).unwrap();
-        assert!(matches!(welcome, Message::Welcome { ref assignments, .. } if assignments[0].epoch == 1));
+        assert!(
+            matches!(welcome, Message::Welcome { ref assignments, .. } if assignments[0].epoch == 1)
+        );
         assert_eq!(server.publish(assignment(1, "DOGE")), Err(1));
         server.publish(assignment(2, "DOGE")).unwrap();
         assert_eq!(session.assignments.try_recv().unwrap().epoch, 2);
@@ -215,12 +244,20 @@ mod tests {
         let (session, _) = server.connect(hello("t")).unwrap();
         assert_eq!(session.submit(batch(1, 10)), Message::Ack { sequence: 1 });
         assert_eq!(session.submit(batch(1, 10)), Message::Ack { sequence: 1 });
-        assert!(matches!(session.submit(batch(3, 5)), Message::Error { code, .. } if code == "gap"));
+        assert!(
+            matches!(session.submit(batch(3, 5)), Message::Error { code, .. } if code == "gap")
+        );
         assert_eq!(session.submit(batch(2, 5)), Message::Ack { sequence: 2 });
         let totals = server.work_by_user_and_coin();
         assert_eq!(totals[&("u".to_string(), "LTC".parse().unwrap())], 15);
         // A reconnecting proxy learns where the server's ledger stands.
         let (_, welcome) = server.connect(hello("t")).unwrap();
-        assert!(matches!(welcome, Message::Welcome { last_applied_sequence: 2, .. }));
+        assert!(matches!(
+            welcome,
+            Message::Welcome {
+                last_applied_sequence: 2,
+                ..
+            }
+        ));
     }
 }

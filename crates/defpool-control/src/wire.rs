@@ -57,7 +57,9 @@ pub struct Envelope {
 pub enum WireError {
     #[error("control message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
     TooLarge(usize),
-    #[error("control protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "control protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})"
+    )]
     Version(u16),
     #[error("malformed control message: {0}")]
     Malformed(String),
@@ -177,12 +179,22 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_typed_errors() {
-        let mut v: serde_json::Value = serde_json::from_slice(&encode(&Message::Ack { sequence: 1 })).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&Message::Ack { sequence: 1 })).unwrap();
         v["v"] = 2.into();
-        assert!(matches!(decode(&serde_json::to_vec(&v).unwrap()), Err(WireError::Version(2))));
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(WireError::Version(2))
+        ));
         assert!(matches!(decode(b"{"), Err(WireError::Malformed(_))));
-        assert!(matches!(decode(br#"{"v":1,"type":"nope"}"#), Err(WireError::Malformed(_))));
-        assert!(matches!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            decode(br#"{"v":1,"type":"nope"}"#),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     proptest! {

@@ -49,7 +49,7 @@ impl Algorithm {
 
 impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -59,7 +59,9 @@ impl FromStr for Algorithm {
         match s {
             "sha256d" => Ok(Algorithm::Sha256d),
             "scrypt" => Ok(Algorithm::Scrypt),
-            other => Err(format!("unknown algorithm `{other}` (known: sha256d, scrypt)")),
+            other => Err(format!(
+                "unknown algorithm `{other}` (known: sha256d, scrypt)"
+            )),
         }
     }
 }
@@ -87,7 +89,7 @@ impl Network {
 
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -121,7 +123,9 @@ impl TryFrom<String> for Ticker {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let upper = s.to_ascii_uppercase();
         let ok = (2..=10).contains(&upper.len())
-            && upper.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            && upper
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if ok {
             Ok(Ticker(upper))
         } else {
@@ -147,7 +151,7 @@ impl From<Ticker> for String {
 
 impl fmt::Display for Ticker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -334,7 +338,9 @@ impl CoinSpec {
                 && a.bech32_hrp.is_none()
                 && a.cashaddr_prefix.is_none()
             {
-                return Err(format!("networks.{network}.address defines no payable format"));
+                return Err(format!(
+                    "networks.{network}.address defines no payable format"
+                ));
             }
             if CompactTarget(params.pow_limit_bits).to_target().is_none() {
                 return Err(format!(
@@ -416,7 +422,10 @@ impl CoinRegistry {
             spec.check().map_err(invalid)?;
             if let Some(mm) = &spec.merged_mining {
                 let parent = self.coins.get(&mm.parent).ok_or_else(|| {
-                    invalid(format!("merged_mining.parent `{}` is not a known coin", mm.parent))
+                    invalid(format!(
+                        "merged_mining.parent `{}` is not a known coin",
+                        mm.parent
+                    ))
                 })?;
                 if parent.algorithm != spec.algorithm {
                     return Err(invalid(format!(
@@ -438,7 +447,9 @@ impl CoinRegistry {
 
     /// Look a coin up by ticker text, case-insensitively.
     pub fn by_ticker(&self, ticker: &str) -> Option<&CoinSpec> {
-        Ticker::from_str(ticker).ok().and_then(|t| self.coins.get(&t))
+        Ticker::from_str(ticker)
+            .ok()
+            .and_then(|t| self.coins.get(&t))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &CoinSpec> {
@@ -480,9 +491,15 @@ mod tests {
                 assert!(coin.network(net).is_some(), "{} lacks {net}", coin.ticker);
             }
         }
-        let sha: Vec<_> = reg.group(Algorithm::Sha256d).map(|c| c.ticker.as_str()).collect();
+        let sha: Vec<_> = reg
+            .group(Algorithm::Sha256d)
+            .map(|c| c.ticker.as_str())
+            .collect();
         assert_eq!(sha, ["BCH", "BSV", "BTC"]);
-        let scrypt: Vec<_> = reg.group(Algorithm::Scrypt).map(|c| c.ticker.as_str()).collect();
+        let scrypt: Vec<_> = reg
+            .group(Algorithm::Scrypt)
+            .map(|c| c.ticker.as_str())
+            .collect();
         assert_eq!(scrypt, ["DOGE", "LTC"]);
     }
 
@@ -499,7 +516,10 @@ mod tests {
         // DOGE's chain id lives in version bits 16..31: none of them may be rolled.
         assert_eq!(doge.version_rolling_mask & 0xffff_0000, 0);
         let ltc_ticker = t("LTC");
-        let on_ltc: Vec<_> = reg.merge_mined_on(&ltc_ticker).map(|c| c.ticker.as_str()).collect();
+        let on_ltc: Vec<_> = reg
+            .merge_mined_on(&ltc_ticker)
+            .map(|c| c.ticker.as_str())
+            .collect();
         assert_eq!(on_ltc, ["DOGE"]);
     }
 
@@ -517,8 +537,14 @@ mod tests {
         assert_eq!(ltc[&Network::Mainnet].subsidy.at(1_680_000), 12_5000_0000);
         assert_eq!(ltc[&Network::Regtest].subsidy.at(432), 12_5000_0000);
         let doge = &reg.by_ticker("DOGE").unwrap().networks;
-        assert_eq!(doge[&Network::Mainnet].subsidy.at(5_000_000), 10_000_0000_0000);
-        assert_eq!(doge[&Network::Mainnet].subsidy.at(250_000), 125_000_0000_0000);
+        assert_eq!(
+            doge[&Network::Mainnet].subsidy.at(5_000_000),
+            10_000_0000_0000
+        );
+        assert_eq!(
+            doge[&Network::Mainnet].subsidy.at(250_000),
+            125_000_0000_0000
+        );
         assert_eq!(doge[&Network::Regtest].subsidy.at(150), 250_000_0000_0000);
         assert_eq!(doge[&Network::Regtest].subsidy.at(900), 10_000_0000_0000);
     }
@@ -548,7 +574,9 @@ mod tests {
             .unwrap();
         assert_eq!(reg.group(Algorithm::Sha256d).count(), 4);
         assert_eq!(
-            reg.by_ticker("xsha").unwrap().networks[&Network::Mainnet].subsidy.at(100_000),
+            reg.by_ticker("xsha").unwrap().networks[&Network::Mainnet]
+                .subsidy
+                .at(100_000),
             500_000_000
         );
     }
@@ -562,11 +590,20 @@ mod tests {
             Err(RegistryError::Duplicate("BTC".into()))
         );
         dup.ticker = t("XBAD");
-        dup.merged_mining = Some(MergedMining { parent: t("LTC"), chain_id: 1 });
-        let err = reg.with_additions(vec![dup.clone()]).unwrap_err().to_string();
+        dup.merged_mining = Some(MergedMining {
+            parent: t("LTC"),
+            chain_id: 1,
+        });
+        let err = reg
+            .with_additions(vec![dup.clone()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mines scrypt, not sha256d"), "{err}");
         dup.merged_mining = None;
-        dup.networks.get_mut(&Network::Mainnet).unwrap().pow_limit_bits = 0x2300_0001;
+        dup.networks
+            .get_mut(&Network::Mainnet)
+            .unwrap()
+            .pow_limit_bits = 0x2300_0001;
         let err = reg.with_additions(vec![dup]).unwrap_err().to_string();
         assert!(err.contains("pow_limit_bits"), "{err}");
         assert!(CoinRegistry::from_toml("[[coins]]\nticker = \"X\"").is_err());

@@ -137,11 +137,17 @@ mod tests {
         assert_eq!(parse_units(".5", 8), Ok(50_000_000));
         assert_eq!(parse_units("7", 0), Ok(7));
         assert_eq!(parse_units("1.000000000", 8), Ok(100_000_000));
-        assert!(matches!(parse_units("0.000000001", 8), Err(AmountError::TooPrecise(..))));
+        assert!(matches!(
+            parse_units("0.000000001", 8),
+            Err(AmountError::TooPrecise(..))
+        ));
         assert!(matches!(parse_units("1e5", 8), Err(AmountError::Syntax(_))));
         assert!(matches!(parse_units("-1", 8), Err(AmountError::Syntax(_))));
         assert!(matches!(parse_units("", 8), Err(AmountError::Syntax(_))));
-        assert!(matches!(parse_units("999999999999", 8), Err(AmountError::Overflow(_))));
+        assert!(matches!(
+            parse_units("999999999999", 8),
+            Err(AmountError::Overflow(_))
+        ));
         assert_eq!(format_units(1_250_000_000, 8), "12.50000000");
         assert_eq!(format_units(-1, 8), "-0.00000001");
         assert_eq!(format_units(5, 0), "5");
@@ -151,7 +157,10 @@ mod tests {
     fn split_examples() {
         assert_eq!(split_pro_rata(10, &[1, 1, 1]), (vec![4, 3, 3], 0));
         assert_eq!(split_pro_rata(10, &[0, 0]), (vec![0, 0], 10));
-        assert_eq!(split_pro_rata(7, &[u128::MAX / 2, u128::MAX / 2]), (vec![4, 3], 0));
+        assert_eq!(
+            split_pro_rata(7, &[u128::MAX / 2, u128::MAX / 2]),
+            (vec![4, 3], 0)
+        );
     }
 
     proptest! {

@@ -329,7 +329,10 @@ impl JobBook {
 
     /// The job a submission names, or why it cannot be used.
     pub fn lookup(&self, job_id: u64, now: u32) -> Result<Lookup, Reject> {
-        let entry = self.entries.get(&job_id).ok_or(Reject::UnknownJob(job_id))?;
+        let entry = self
+            .entries
+            .get(&job_id)
+            .ok_or(Reject::UnknownJob(job_id))?;
         match entry.retired_at {
             None => Ok(Lookup {
                 job: entry.job.clone(),
@@ -424,27 +427,63 @@ mod tests {
     #[test]
     fn cheap_checks_reject_with_their_reason() {
         let j = job(1);
-        let bad = Submission { ntime: 1_699_999_999, ..sub(&[0; 8], 1) };
-        assert!(matches!(j.prepare(&bad, NOW), Err(Reject::NtimeOutOfRange { .. })));
-        let far = Submission { ntime: NOW + 7_201, ..sub(&[0; 8], 1) };
-        assert!(matches!(j.prepare(&far, NOW), Err(Reject::NtimeOutOfRange { .. })));
+        let bad = Submission {
+            ntime: 1_699_999_999,
+            ..sub(&[0; 8], 1)
+        };
+        assert!(matches!(
+            j.prepare(&bad, NOW),
+            Err(Reject::NtimeOutOfRange { .. })
+        ));
+        let far = Submission {
+            ntime: NOW + 7_201,
+            ..sub(&[0; 8], 1)
+        };
+        assert!(matches!(
+            j.prepare(&far, NOW),
+            Err(Reject::NtimeOutOfRange { .. })
+        ));
         assert_eq!(
             j.prepare(&sub(&[0; 7], 1), NOW),
-            Err(Reject::BadExtranonceSize { expected: 8, got: 7 })
+            Err(Reject::BadExtranonceSize {
+                expected: 8,
+                got: 7
+            })
         );
-        let v = Submission { version: SubmittedVersion::RolledBits(0x0000_1000), ..sub(&[0; 8], 1) };
+        let v = Submission {
+            version: SubmittedVersion::RolledBits(0x0000_1000),
+            ..sub(&[0; 8], 1)
+        };
         assert_eq!(v.version, SubmittedVersion::RolledBits(0x1000));
-        assert!(matches!(j.prepare(&v, NOW), Err(Reject::VersionBitsOutsideMask { .. })));
-        let full = Submission { version: SubmittedVersion::Full(0x4000_0000), ..sub(&[0; 8], 1) };
-        assert!(matches!(j.prepare(&full, NOW), Err(Reject::VersionBitsOutsideMask { .. })));
+        assert!(matches!(
+            j.prepare(&v, NOW),
+            Err(Reject::VersionBitsOutsideMask { .. })
+        ));
+        let full = Submission {
+            version: SubmittedVersion::Full(0x4000_0000),
+            ..sub(&[0; 8], 1)
+        };
+        assert!(matches!(
+            j.prepare(&full, NOW),
+            Err(Reject::VersionBitsOutsideMask { .. })
+        ));
     }
 
     #[test]
     fn version_rolling_both_conventions_agree() {
         let j = job(1);
-        assert_eq!(j.rolled_version(SubmittedVersion::RolledBits(0x0000_e000)), Ok(0x2000_e000));
-        assert_eq!(j.rolled_version(SubmittedVersion::Full(0x2000_e000)), Ok(0x2000_e000));
-        assert_eq!(j.rolled_version(SubmittedVersion::Unrolled), Ok(0x2000_0000));
+        assert_eq!(
+            j.rolled_version(SubmittedVersion::RolledBits(0x0000_e000)),
+            Ok(0x2000_e000)
+        );
+        assert_eq!(
+            j.rolled_version(SubmittedVersion::Full(0x2000_e000)),
+            Ok(0x2000_e000)
+        );
+        assert_eq!(
+            j.rolled_version(SubmittedVersion::Unrolled),
+            Ok(0x2000_0000)
+        );
     }
 
     #[test]
@@ -462,8 +501,14 @@ mod tests {
             }
         }
         assert!(classes[&ShareClass::Share] > 10 && classes[&ShareClass::BelowTarget] > 10);
-        let easy = Job { block_target: Target::MAX, ..job(1) };
-        assert_eq!(easy.validate(&sub(&[0; 8], 0), NOW).unwrap().class, ShareClass::BlockCandidate);
+        let easy = Job {
+            block_target: Target::MAX,
+            ..job(1)
+        };
+        assert_eq!(
+            easy.validate(&sub(&[0; 8], 0), NOW).unwrap().class,
+            ShareClass::BlockCandidate
+        );
     }
 
     #[test]
@@ -480,18 +525,30 @@ mod tests {
         let mut book = JobBook::new(5, 8);
         book.add(Arc::new(job(1)), false, NOW);
         assert!(book.admit(1, &sub(&[0; 8], 1), NOW).is_ok());
-        assert_eq!(book.admit(1, &sub(&[0; 8], 1), NOW).unwrap_err(), Reject::Duplicate);
+        assert_eq!(
+            book.admit(1, &sub(&[0; 8], 1), NOW).unwrap_err(),
+            Reject::Duplicate
+        );
         assert!(book.admit(1, &sub(&[1; 8], 1), NOW).is_ok());
-        assert_eq!(book.admit(9, &sub(&[0; 8], 1), NOW).unwrap_err(), Reject::UnknownJob(9));
+        assert_eq!(
+            book.admit(9, &sub(&[0; 8], 1), NOW).unwrap_err(),
+            Reject::UnknownJob(9)
+        );
         // A clean job retires job 1: still usable within the grace window, stale after.
         book.add(Arc::new(job(2)), true, NOW);
         let (_, late) = book.admit(1, &sub(&[0; 8], 2), NOW + 5).unwrap();
         assert!(late);
-        assert_eq!(book.admit(1, &sub(&[0; 8], 3), NOW + 6).unwrap_err(), Reject::StaleJob(1));
+        assert_eq!(
+            book.admit(1, &sub(&[0; 8], 3), NOW + 6).unwrap_err(),
+            Reject::StaleJob(1)
+        );
         book.prune(NOW + 6);
         assert_eq!(book.len(), 1);
         // A rejected submission is not recorded: fixing the ntime makes it acceptable.
-        let early = Submission { ntime: 1, ..sub(&[0; 8], 7) };
+        let early = Submission {
+            ntime: 1,
+            ..sub(&[0; 8], 7)
+        };
         assert!(book.admit(2, &early, NOW).is_err());
         assert!(book.admit(2, &sub(&[0; 8], 7), NOW).is_ok());
     }

@@ -227,7 +227,10 @@ mod tests {
         // Negative and overflowing encodings are refused.
         assert_eq!(CompactTarget(0x04923456).to_target(), None);
         assert_eq!(CompactTarget(0xff123456).to_target(), None);
-        assert_eq!(CompactTarget(0x01003456).to_target(), Some(Target(U256::zero())));
+        assert_eq!(
+            CompactTarget(0x01003456).to_target(),
+            Some(Target(U256::zero()))
+        );
     }
 
     #[test]
