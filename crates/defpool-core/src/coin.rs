@@ -525,28 +525,23 @@ mod tests {
 
     #[test]
     fn subsidy_schedules() {
+        const COIN: u64 = 100_000_000;
         let reg = CoinRegistry::builtin();
         let btc = &reg.by_ticker("BTC").unwrap().networks;
-        assert_eq!(btc[&Network::Mainnet].subsidy.at(0), 50_0000_0000);
-        assert_eq!(btc[&Network::Mainnet].subsidy.at(210_000), 25_0000_0000);
-        assert_eq!(btc[&Network::Mainnet].subsidy.at(840_000), 3_1250_0000);
-        assert_eq!(btc[&Network::Regtest].subsidy.at(149), 50_0000_0000);
-        assert_eq!(btc[&Network::Regtest].subsidy.at(150), 25_0000_0000);
+        assert_eq!(btc[&Network::Mainnet].subsidy.at(0), 50 * COIN);
+        assert_eq!(btc[&Network::Mainnet].subsidy.at(210_000), 25 * COIN);
+        assert_eq!(btc[&Network::Mainnet].subsidy.at(840_000), 312_500_000);
+        assert_eq!(btc[&Network::Regtest].subsidy.at(149), 50 * COIN);
+        assert_eq!(btc[&Network::Regtest].subsidy.at(150), 25 * COIN);
         assert_eq!(btc[&Network::Regtest].subsidy.at(150 * 64), 0);
         let ltc = &reg.by_ticker("LTC").unwrap().networks;
-        assert_eq!(ltc[&Network::Mainnet].subsidy.at(1_680_000), 12_5000_0000);
-        assert_eq!(ltc[&Network::Regtest].subsidy.at(432), 12_5000_0000);
+        assert_eq!(ltc[&Network::Mainnet].subsidy.at(1_680_000), 1_250_000_000);
+        assert_eq!(ltc[&Network::Regtest].subsidy.at(432), 1_250_000_000);
         let doge = &reg.by_ticker("DOGE").unwrap().networks;
-        assert_eq!(
-            doge[&Network::Mainnet].subsidy.at(5_000_000),
-            10_000_0000_0000
-        );
-        assert_eq!(
-            doge[&Network::Mainnet].subsidy.at(250_000),
-            125_000_0000_0000
-        );
-        assert_eq!(doge[&Network::Regtest].subsidy.at(150), 250_000_0000_0000);
-        assert_eq!(doge[&Network::Regtest].subsidy.at(900), 10_000_0000_0000);
+        assert_eq!(doge[&Network::Mainnet].subsidy.at(5_000_000), 10_000 * COIN);
+        assert_eq!(doge[&Network::Mainnet].subsidy.at(250_000), 125_000 * COIN);
+        assert_eq!(doge[&Network::Regtest].subsidy.at(150), 250_000 * COIN);
+        assert_eq!(doge[&Network::Regtest].subsidy.at(900), 10_000 * COIN);
     }
 
     #[test]
