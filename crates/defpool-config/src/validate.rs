@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use defpool_core::address::parse_payout_address;
+use defpool_core::address::parse_payout_address_in;
 use defpool_core::secret::Secret;
 use defpool_core::{CoinRegistry, CoinSpec, Network, Ticker};
 
@@ -497,7 +497,7 @@ fn check_adapters(ctx: &Ctx<'_>, adapters: &[AdapterConfig]) -> Result<()> {
                 )
             }
         }
-        parse_payout_address(&a.payout_address, coin, ctx.network)
+        parse_payout_address_in(ctx.registry, &a.payout_address, coin, ctx.network)
             .map_err(|e| ConfigError::new(format!("{key}.payout_address"), e.to_string()))?;
         let tag = a.coinbase_tag.len();
         in_range(&format!("{key}.coinbase_tag"), tag, 0, 40).map_err(|_| {

@@ -150,6 +150,15 @@ const CASES: &[Case] = &[
         expect: &["adapters[0].payout_address", "mainnet"],
     },
     Case {
+        name: "payout address of another coin",
+        base: "solo.toml",
+        edit: (
+            "rltc1q6nd2hlt7wk9fhnr88j0uquy869l4vkeddecfu7",
+            "bcrt1q0k4ruul5d3wjttl9x9sem589h3eglcqzq86dw4",
+        ),
+        expect: &["adapters[0].payout_address", "wrong coin", "BTC regtest address"],
+    },
+    Case {
         name: "bad URL",
         base: "solo.toml",
         edit: ("rpc_url = \"http://127.0.0.1:19443\"", "rpc_url = \"http//127.0.0.1:19443\""),
