@@ -284,6 +284,37 @@ fn bitcoin_mainnet_block_702861() {
     );
 }
 
+/// Bitcoin's mainnet genesis block from the `bitcoin` crate (rust-bitcoin), which also decodes
+/// block 702861 independently of our codec as a cross-check.
+#[test]
+fn bitcoin_mainnet_genesis_and_cross_check_with_rust_bitcoin() {
+    use bitcoin::consensus::encode::{deserialize, serialize};
+    let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Bitcoin);
+    let bytes = serialize(&genesis);
+    let block = Block::parse(&bytes).unwrap();
+    assert_eq!(
+        to_display_hex(&block.hash()),
+        "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+    );
+    assert_eq!(block.serialize(), bytes);
+    assert_eq!(block.merkle_root(), block.header.merkle_root);
+    let (job, extranonce) = job_for(&block, Algorithm::Sha256d, 0, 4);
+    assert_block_candidate(&job, &extranonce, &block.header);
+
+    let raw = bitcoin_test_data::blocks::mainnet_702861();
+    let theirs: bitcoin::Block = deserialize(raw).unwrap();
+    let ours = Block::parse(raw).unwrap();
+    assert_eq!(
+        to_display_hex(&ours.hash()),
+        theirs.block_hash().to_string()
+    );
+    assert_eq!(ours.txs.len(), theirs.txdata.len());
+    for (a, b) in ours.txs.iter().zip(&theirs.txdata) {
+        assert_eq!(to_display_hex(&a.txid()), b.compute_txid().to_string());
+        assert_eq!(to_display_hex(&a.wtxid()), b.compute_wtxid().to_string());
+    }
+}
+
 /// SYNTHETIC Bitcoin Cash block: there is no BCH node or block source available here, so this
 /// one is built in the test, BCH style (legacy transactions only, BIP34 height in the coinbase,
 /// CTOR: non-coinbase transactions in txid order), and mined against the regtest target.
