@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use defpool_config::{ConfigError, EX_CONFIG};
 use defpool_core::coin::CoinRegistry;
 use defpool_core::Network;
+use defpool_switch::backtest::{BacktestConfig, Request, RuleParams, Source, SweepGrid};
+use defpool_switch::series::Day;
+use defpool_switch::sim::SimParams;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +39,95 @@ enum Command {
         #[arg(long, default_value = "mainnet")]
         network: Network,
     },
+    /// Replay market data or simulated runs: the switching rule versus the alternatives.
+    ///
+    /// Reports BTC earned by the rule (the decision engine), staying on each target, a greedy
+    /// switcher, a fixed-margin rule and the hindsight oracle, and the number of switches.
+    Backtest(Box<BacktestArgs>),
+}
+
+#[derive(clap::Args)]
+struct BacktestArgs {
+    /// Directory with `<coin>.csv` files (date,price_btc,price_usd,difficulty,block_reward,blocks).
+    #[arg(long, required_unless_present = "simulate")]
+    data: Option<PathBuf>,
+    /// Coins, each its own target (e.g. BTC,BCH,BSV).
+    #[arg(long, value_delimiter = ',', conflicts_with = "targets")]
+    coins: Vec<String>,
+    /// Mining targets; `+` joins chains merge-mined on the first (e.g. LTC,LTC+DOGE).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// First earned day (YYYY-MM-DD); decisions on it use the day before.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last earned day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Tune X / Y / dwell on a grid over the tuning period (or seeds) and report the choice on
+    /// the evaluation period only.
+    #[arg(long)]
+    sweep: bool,
+    #[arg(long, requires = "sweep")]
+    tune_from: Option<String>,
+    #[arg(long, requires = "sweep")]
+    tune_to: Option<String>,
+    /// The pool's hashrate, e.g. 1P, 250T, 10G [default: 1P for sha256d, 1G for scrypt].
+    #[arg(long)]
+    hashrate: Option<String>,
+    /// Seconds of work lost per switch.
+    #[arg(long, default_value_t = 30.0)]
+    switch_cost_secs: f64,
+    /// Fraction of the step after a switch lost as stale shares.
+    #[arg(long, default_value_t = 0.01)]
+    stale_fraction: f64,
+    /// X: a challenger must beat the current target by more than X %.
+    #[arg(long, default_value = "5")]
+    x: rust_decimal::Decimal,
+    /// Y: … continuously for this long (0, 90s, 30m, 2h, 1d).
+    #[arg(long, default_value = "10m", value_parser = parse_secs)]
+    y: u64,
+    /// Minimum time between non-forced switches.
+    #[arg(long, default_value = "30m", value_parser = parse_secs)]
+    dwell: u64,
+    /// M of the fixed-margin strategy, percent.
+    #[arg(long, default_value_t = 5.0)]
+    margin: f64,
+    /// Grid of X values for --sweep (percent, comma-separated) [default: by step length].
+    #[arg(long, value_delimiter = ',', requires = "sweep")]
+    grid_x: Vec<rust_decimal::Decimal>,
+    /// Grid of Y values for --sweep.
+    #[arg(long, value_delimiter = ',', value_parser = parse_secs, requires = "sweep")]
+    grid_y: Vec<u64>,
+    /// Grid of dwell values for --sweep.
+    #[arg(long, value_delimiter = ',', value_parser = parse_secs, requires = "sweep")]
+    grid_dwell: Vec<u64>,
+    /// Add the average fees per block (`extras/<coin>_fees.csv`) to the block reward.
+    #[arg(long)]
+    fees: bool,
+    /// Show earnings relative to this target [default: the first].
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Use the seeded simulator instead of --data.
+    #[arg(long, conflicts_with = "data")]
+    simulate: bool,
+    /// Number of simulated runs (seeds 1..=N).
+    #[arg(long, default_value_t = 50)]
+    seeds: u64,
+    /// Number of seeds --sweep tunes on (1000001..), disjoint from the evaluation seeds.
+    #[arg(long, default_value_t = 10)]
+    tune_seeds: u64,
+    /// Simulated coins.
+    #[arg(long, default_value_t = 3)]
+    sim_coins: usize,
+    /// Simulated days.
+    #[arg(long, default_value_t = 30.0)]
+    sim_days: f64,
+    /// Simulated step, seconds.
+    #[arg(long, default_value_t = 60)]
+    sim_step_secs: u64,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +147,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { files },
         } => config_check(&files),
         Command::Coins { config, network } => coins(config, network),
+        Command::Backtest(args) => backtest(&args),
     }
 }
 
@@ -128,5 +221,148 @@ fn coins(config: Option<PathBuf>, network: Network) -> ExitCode {
         ));
     }
     out(&table);
+    ExitCode::SUCCESS
+}
+
+fn parse_secs(text: &str) -> Result<u64, String> {
+    defpool_switch::backtest::parse_secs(text)
+}
+
+fn parse_day(flag: &str, text: Option<&String>) -> Result<Day, String> {
+    let text = text.ok_or_else(|| format!("--{flag} is required with --data"))?;
+    Day::parse(text).ok_or_else(|| format!("--{flag}: `{text}` is not a date (YYYY-MM-DD)"))
+}
+
+fn backtest_request(a: &BacktestArgs) -> Result<Request, String> {
+    let source = if a.simulate {
+        let sim = SimParams {
+            coins: a.sim_coins,
+            days: a.sim_days,
+            step_secs: a.sim_step_secs,
+            ..SimParams::default()
+        };
+        if sim.coins < 2 || sim.step_secs == 0 || sim.steps() == 0 {
+            return Err("--sim-coins must be ≥ 2, --sim-step-secs and --sim-days > 0".into());
+        }
+        Source::Simulate {
+            sim,
+            seeds: (1..=a.seeds).collect(),
+            tune_seeds: (1_000_001..=1_000_000 + a.tune_seeds).collect(),
+        }
+    } else {
+        let targets = if a.targets.is_empty() {
+            a.coins.clone()
+        } else {
+            a.targets.clone()
+        };
+        if targets.is_empty() {
+            return Err("give --coins or --targets".into());
+        }
+        let tune = if a.sweep {
+            Some((
+                parse_day("tune-from", a.tune_from.as_ref())?,
+                parse_day("tune-to", a.tune_to.as_ref())?,
+            ))
+        } else {
+            None
+        };
+        Source::Market {
+            dir: a
+                .data
+                .clone()
+                .expect("clap requires --data without --simulate"),
+            targets,
+            from: parse_day("from", a.from.as_ref())?,
+            to: parse_day("to", a.to.as_ref())?,
+            fees: a.fees,
+            tune,
+        }
+    };
+    let hashrate_hs = a
+        .hashrate
+        .as_deref()
+        .map(defpool_switch::backtest::parse_hashrate)
+        .transpose()?;
+    let grid = a.sweep.then(|| {
+        let step = match &source {
+            Source::Simulate { sim, .. } => sim.step_secs,
+            Source::Market { .. } => 86_400,
+        };
+        let mut grid = SweepGrid::default_for(step);
+        if !a.grid_x.is_empty() {
+            grid.x_percent = a.grid_x.clone();
+        }
+        if !a.grid_y.is_empty() {
+            grid.y_secs = a.grid_y.clone();
+        }
+        if !a.grid_dwell.is_empty() {
+            grid.dwell_secs = a.grid_dwell.clone();
+        }
+        grid
+    });
+    Ok(Request {
+        source,
+        hashrate_hs,
+        config: BacktestConfig {
+            switch_cost_secs: a.switch_cost_secs,
+            stale_fraction: a.stale_fraction,
+            margin_percent: a.margin,
+            baseline: a.baseline.clone(),
+            ..BacktestConfig::default()
+        },
+        params: RuleParams {
+            x_percent: a.x,
+            y_secs: a.y,
+            dwell_secs: a.dwell,
+        },
+        grid,
+    })
+}
+
+fn backtest(args: &BacktestArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let request = match backtest_request(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("defpool backtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progress = |phase: &str, done: usize, total: usize| {
+        if tty && total > 1 {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r{phase} [{}{}] {done}/{total} {:.0}s ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                started.elapsed().as_secs_f64()
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let outcome = match defpool_switch::backtest::run(&request, &mut progress) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("defpool backtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    out(&outcome.render());
+    eprintln!(
+        "defpool backtest: done in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(file) = &args.json {
+        let json = serde_json::to_string_pretty(&outcome).expect("reports serialize");
+        if let Err(e) = std::fs::write(file, json + "\n") {
+            eprintln!("defpool backtest: cannot write {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }

@@ -349,7 +349,7 @@ fn help_lists_only_working_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(commands, ["config", "coins", "help"]);
+    assert_eq!(commands, ["config", "coins", "backtest", "help"]);
 }
 
 #[test]
