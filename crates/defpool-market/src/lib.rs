@@ -25,6 +25,7 @@ mod http;
 mod kraken;
 mod kucoin;
 mod num;
+mod simulator;
 mod whattomine;
 
 pub use binance::BinanceSource;
@@ -35,6 +36,7 @@ pub use error::SourceError;
 pub use http::{system_clock, Clock, HttpOptions, RetryPolicy};
 pub use kraken::KrakenSource;
 pub use kucoin::KucoinSource;
+pub use simulator::SimulatorSource;
 pub use whattomine::WhatToMineSource;
 
 use defpool_core::Ticker;
