@@ -253,10 +253,6 @@ impl MarketSource for DaemonSource {
         &self.name
     }
 
-    fn fetch(&self, coins: &[Ticker]) -> Result<Vec<MarketSnapshot>, SourceError> {
-        self.fetch_detailed(coins)?.into_result()
-    }
-
     fn fetch_detailed(&self, coins: &[Ticker]) -> Result<Fetched, SourceError> {
         if !coins.contains(&self.coin) {
             return Ok(Fetched::default());

@@ -53,21 +53,12 @@ pub trait MarketSource: Send + Sync {
     /// others succeed is left out (see [`MarketSource::fetch_detailed`] for why); if no
     /// requested coin could be observed, the first coin's reason is returned as the error.
     /// Coins outside the source's scope (a daemon asked about another coin) are ignored.
-    fn fetch(&self, coins: &[Ticker]) -> Result<Vec<MarketSnapshot>, SourceError>;
+    fn fetch(&self, coins: &[Ticker]) -> Result<Vec<MarketSnapshot>, SourceError> {
+        self.fetch_detailed(coins)?.into_result()
+    }
 
     /// Like [`MarketSource::fetch`], with the reason for every requested coin left out.
-    fn fetch_detailed(&self, coins: &[Ticker]) -> Result<Fetched, SourceError> {
-        let snapshots = self.fetch(coins)?;
-        let failed = unique(coins)
-            .into_iter()
-            .filter(|c| !snapshots.iter().any(|s| &s.coin == c))
-            .map(|c| {
-                let e = SourceError::missing(self.name(), c.as_str(), "not reported");
-                (c, e)
-            })
-            .collect();
-        Ok(Fetched { snapshots, failed })
-    }
+    fn fetch_detailed(&self, coins: &[Ticker]) -> Result<Fetched, SourceError>;
 }
 
 /// What one fetch produced: snapshots, and a typed reason for each coin without one.

@@ -52,10 +52,6 @@ impl MarketSource for SimulatorSource {
         &self.name
     }
 
-    fn fetch(&self, coins: &[Ticker]) -> Result<Vec<MarketSnapshot>, SourceError> {
-        self.fetch_detailed(coins)?.into_result()
-    }
-
     fn fetch_detailed(&self, coins: &[Ticker]) -> Result<Fetched, SourceError> {
         let now = (self.clock)();
         let step = self.step_at(now);

@@ -226,10 +226,6 @@ impl MarketSource for WhatToMineSource {
         &self.name
     }
 
-    fn fetch(&self, coins: &[Ticker]) -> Result<Vec<MarketSnapshot>, SourceError> {
-        self.fetch_detailed(coins)?.into_result()
-    }
-
     fn fetch_detailed(&self, coins: &[Ticker]) -> Result<Fetched, SourceError> {
         let coins = unique(coins);
         if coins.is_empty() {
