@@ -176,6 +176,12 @@ impl Job {
     /// Every check that needs no hashing of the header, then the header itself. `now` is the
     /// validating clock in Unix seconds.
     pub fn prepare(&self, sub: &Submission<'_>, now: u32) -> Result<PreparedShare, Reject> {
+        let version = self.check(sub, now)?;
+        Ok(self.build(sub, version))
+    }
+
+    /// The checks that cost no hashing; the header version on success.
+    fn check(&self, sub: &Submission<'_>, now: u32) -> Result<u32, Reject> {
         if sub.extranonce.len() != self.extranonce_size {
             return Err(Reject::BadExtranonceSize {
                 expected: self.extranonce_size,
@@ -190,8 +196,13 @@ impl Job {
                 max,
             });
         }
-        let version = self.rolled_version(sub.version)?;
-        Ok(PreparedShare {
+        self.rolled_version(sub.version)
+    }
+
+    /// The header of a checked submission: coinbase hash and merkle fold (the costly part of a
+    /// sha256d check).
+    fn build(&self, sub: &Submission<'_>, version: u32) -> PreparedShare {
+        PreparedShare {
             algorithm: self.algorithm,
             header: Header {
                 version,
@@ -203,7 +214,7 @@ impl Job {
             },
             share_target: self.share_target,
             block_target: self.block_target,
-        })
+        }
     }
 
     /// Prepare and judge in one step (sha256d callers, tests).
@@ -354,29 +365,12 @@ impl JobBook {
             .get_mut(&job_id)
             .ok_or(Reject::UnknownJob(job_id))?;
         let version = entry.job.rolled_version(sub.version)?;
-        if sub.extranonce.len() > MAX_EXTRANONCE {
-            return Err(Reject::BadExtranonceSize {
-                expected: entry.job.extranonce_size,
-                got: sub.extranonce.len(),
-            });
-        }
-        let mut extranonce = [0u8; MAX_EXTRANONCE];
-        extranonce[..sub.extranonce.len()].copy_from_slice(sub.extranonce);
-        let key = SubmissionKey {
-            extranonce,
-            extranonce_len: sub.extranonce.len() as u8,
-            ntime: sub.ntime,
-            nonce: sub.nonce,
-            version,
-        };
-        if entry.seen.insert(key) {
-            Ok(())
-        } else {
-            Err(Reject::Duplicate)
-        }
+        insert_seen(entry, sub, version)
     }
 
-    /// Look up, prepare and record a submission: every check short of hashing.
+    /// Look up, check and record a submission, then build its header: every step short of
+    /// hashing. Duplicates are caught before the merkle fold, so a flood of copies costs only
+    /// the cheap checks.
     pub fn admit(
         &mut self,
         job_id: u64,
@@ -384,9 +378,38 @@ impl JobBook {
         now: u32,
     ) -> Result<(PreparedShare, bool), Reject> {
         let Lookup { job, late } = self.lookup(job_id, now)?;
-        let prepared = job.prepare(sub, now)?;
-        self.record(job_id, sub)?;
-        Ok((prepared, late))
+        let version = job.check(sub, now)?;
+        let entry = self
+            .entries
+            .get_mut(&job_id)
+            .ok_or(Reject::UnknownJob(job_id))?;
+        insert_seen(entry, sub, version)?;
+        Ok((job.build(sub, version), late))
+    }
+}
+
+/// Remember a submission for its job; a second identical one is a duplicate. Extranonces longer
+/// than [`MAX_EXTRANONCE`] are refused.
+fn insert_seen(entry: &mut JobEntry, sub: &Submission<'_>, version: u32) -> Result<(), Reject> {
+    if sub.extranonce.len() > MAX_EXTRANONCE {
+        return Err(Reject::BadExtranonceSize {
+            expected: entry.job.extranonce_size,
+            got: sub.extranonce.len(),
+        });
+    }
+    let mut extranonce = [0u8; MAX_EXTRANONCE];
+    extranonce[..sub.extranonce.len()].copy_from_slice(sub.extranonce);
+    let key = SubmissionKey {
+        extranonce,
+        extranonce_len: sub.extranonce.len() as u8,
+        ntime: sub.ntime,
+        nonce: sub.nonce,
+        version,
+    };
+    if entry.seen.insert(key) {
+        Ok(())
+    } else {
+        Err(Reject::Duplicate)
     }
 }
 
@@ -544,6 +567,11 @@ mod tests {
         );
         book.prune(NOW + 6);
         assert_eq!(book.len(), 1);
+        // An oversized extranonce is refused by the size check, never reaches the seen set.
+        assert!(matches!(
+            book.admit(2, &sub(&[0; 40], 9), NOW),
+            Err(Reject::BadExtranonceSize { got: 40, .. })
+        ));
         // A rejected submission is not recorded: fixing the ntime makes it acceptable.
         let early = Submission {
             ntime: 1,
