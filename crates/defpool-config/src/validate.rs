@@ -311,18 +311,12 @@ fn check_authority_secret_key(key: &str, value: &Option<Secret>) -> Result<()> {
 fn check_proxy(p: &ProxyConfig, with_server: bool) -> Result<()> {
     check_identifier("proxy.id", &p.id)?;
     check_identifier("proxy.group", &p.group)?;
-    match (&p.server_url, with_server) {
-        (None, false) => {
-            return err(
-                "proxy.server_url",
-                "is required when this process runs no [server]",
-            )
-        }
-        (Some(u), _) => {
-            check_url("proxy.server_url", u, &["tcp"])?;
-            require_secret("proxy.server_token", &p.server_token, 16)?;
-        }
-        (None, true) => {}
+    // Without a server (in-process or by URL) a proxy runs standalone: it mines its last or
+    // configured assignment and takes new ones from its admin endpoint.
+    let _ = with_server;
+    if let Some(u) = &p.server_url {
+        check_url("proxy.server_url", u, &["tcp"])?;
+        require_secret("proxy.server_token", &p.server_token, 16)?;
     }
     if !p.admin_listen.ip().is_loopback() {
         return err(

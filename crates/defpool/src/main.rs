@@ -44,6 +44,13 @@ enum Command {
     /// Reports BTC earned by the rule (the decision engine), staying on each target, a greedy
     /// switcher, a fixed-margin rule and the hindsight oracle, and the number of switches.
     Backtest(Box<BacktestArgs>),
+    /// Run the proxy: miners' SV1/SV2 ports, upstream connections, hot switching, the durable
+    /// share outbox and the loopback admin endpoint (needs a `[proxy]` section).
+    Proxy {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -148,6 +155,62 @@ fn main() -> ExitCode {
         } => config_check(&files),
         Command::Coins { config, network } => coins(config, network),
         Command::Backtest(args) => backtest(&args),
+        Command::Proxy { config } => proxy(&config),
+    }
+}
+
+/// Logs go to stderr, as text or JSON lines per config; `RUST_LOG` overrides the level.
+fn init_logging(log: &defpool_config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        defpool_config::LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn proxy(file: &std::path::Path) -> ExitCode {
+    let valid = match defpool_config::load(file) {
+        Ok(v) => v,
+        Err(e) => return config_error(file, &e),
+    };
+    if valid.config.proxy.is_none() {
+        eprintln!(
+            "defpool: invalid config {}: proxy: the file has no [proxy] section",
+            file.display()
+        );
+        return ExitCode::from(EX_CONFIG as u8);
+    }
+    init_logging(&valid.config.log);
+    match runtime().block_on(defpool_proxy::proxy::run(valid, None, stop_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "proxy stopped");
+            eprintln!("defpool proxy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

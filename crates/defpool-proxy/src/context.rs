@@ -1,0 +1,213 @@
+//! What every miner session shares: registry, outbox, verifier, groups, counters.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use defpool_config::PortConfig;
+use defpool_control::{Record, UserRecord, WorkRecord};
+use defpool_core::{Algorithm, CoinRegistry, Network};
+use defpool_verify::ShareVerifier;
+
+use crate::group::{now_ms, GroupShared};
+use crate::identity::MinerIdentity;
+use crate::outbox::{Outbox, OutboxError};
+use crate::template::JobTemplate;
+
+/// A listening port's rules, from config.
+#[derive(Clone, Debug)]
+pub struct PortSettings {
+    pub algorithm: Algorithm,
+    pub start_difficulty: f64,
+    pub min_difficulty: f64,
+    pub max_difficulty: f64,
+    pub shares_per_minute: f64,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl From<&PortConfig> for PortSettings {
+    fn from(p: &PortConfig) -> Self {
+        PortSettings {
+            algorithm: p.algorithm,
+            start_difficulty: p.start_difficulty,
+            min_difficulty: p.min_difficulty,
+            max_difficulty: p.max_difficulty,
+            shares_per_minute: p.shares_per_minute,
+            max_connections: p.max_connections as usize,
+            idle_timeout: Duration::from_secs(p.idle_timeout_secs as u64),
+            max_message_bytes: p.max_message_bytes as usize,
+        }
+    }
+}
+
+/// Proxy-wide counters for status and the load generator's cross-checks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub protocol_violations: AtomicU64,
+    pub shares_accepted: AtomicU64,
+    pub shares_rejected: AtomicU64,
+    pub extranonce_resets: AtomicU64,
+    pub reconnects_sent: AtomicU64,
+}
+
+/// Per-worker figures for the status endpoint (batches carry the durable ones).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WorkerStats {
+    pub accepted_shares: u64,
+    pub accepted_work: String,
+    #[serde(skip)]
+    pub work: u128,
+    pub late_shares: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub last_share_ms: u64,
+    pub difficulty: f64,
+}
+
+pub struct Context {
+    pub registry: Arc<CoinRegistry>,
+    pub network: Network,
+    pub outbox: Outbox,
+    pub verifier: ShareVerifier,
+    pub grace_secs: u32,
+    pub groups: HashMap<Algorithm, Arc<GroupShared>>,
+    pub counters: Counters,
+    users: Mutex<HashSet<String>>,
+    pub workers: Mutex<HashMap<(String, String), WorkerStats>>,
+}
+
+impl Context {
+    pub fn new(
+        registry: Arc<CoinRegistry>,
+        network: Network,
+        outbox: Outbox,
+        grace_secs: u32,
+        groups: HashMap<Algorithm, Arc<GroupShared>>,
+    ) -> Context {
+        Context {
+            registry,
+            network,
+            outbox,
+            verifier: ShareVerifier::per_core(),
+            grace_secs,
+            groups,
+            counters: Counters::default(),
+            users: Mutex::new(HashSet::new()),
+            workers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a user the first time this process sees it (the server dedups across restarts).
+    pub async fn announce_user(&self, id: &MinerIdentity) -> Result<(), OutboxError> {
+        let fresh = self
+            .users
+            .lock()
+            .expect("users lock")
+            .insert(id.user.clone());
+        if fresh {
+            self.outbox
+                .append(vec![Record::User(UserRecord {
+                    user: id.user.clone(),
+                    payout_address: id.payout.as_ref().map(|p| p.text.clone()),
+                    first_seen_ms: now_ms(),
+                })])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Durably records an accepted share; returns once it is in the outbox.
+    pub async fn record_accepted(
+        &self,
+        id: &MinerIdentity,
+        template: &JobTemplate,
+        work: u128,
+        late: bool,
+        extra: Vec<Record>,
+    ) -> Result<(), OutboxError> {
+        let now = now_ms();
+        let mut records = Vec::with_capacity(1 + extra.len());
+        records.push(Record::Work(WorkRecord {
+            user: id.user.clone(),
+            worker: id.worker.clone(),
+            coin: template.coin.clone(),
+            epoch: template.epoch,
+            upstream: template.upstream.name.clone(),
+            // Late (grace-window) shares are credited too, but counted apart.
+            accepted_work: if late { 0 } else { work },
+            accepted_shares: (!late) as u64,
+            late_work: if late { work } else { 0 },
+            late_shares: late as u64,
+            rejected: BTreeMap::new(),
+            from_ms: now,
+            to_ms: now + 1,
+        }));
+        records.extend(extra);
+        self.outbox.append(records).await?;
+        self.counters
+            .shares_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let mut w = self.workers.lock().expect("workers lock");
+        let s = w.entry((id.user.clone(), id.worker.clone())).or_default();
+        s.accepted_shares += 1;
+        s.work += work;
+        s.accepted_work = s.work.to_string();
+        s.late_shares += late as u64;
+        s.last_share_ms = now;
+        Ok(())
+    }
+
+    /// Records a rejected share (counted in batches; the reply does not wait for it).
+    pub async fn record_rejected(
+        &self,
+        id: Option<&MinerIdentity>,
+        template: Option<&JobTemplate>,
+        code: &str,
+    ) {
+        self.counters
+            .shares_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        let (Some(id), Some(t)) = (id, template) else {
+            return;
+        };
+        {
+            let mut w = self.workers.lock().expect("workers lock");
+            *w.entry((id.user.clone(), id.worker.clone()))
+                .or_default()
+                .rejected
+                .entry(code.to_string())
+                .or_default() += 1;
+        }
+        let now = now_ms();
+        let record = Record::Work(WorkRecord {
+            user: id.user.clone(),
+            worker: id.worker.clone(),
+            coin: t.coin.clone(),
+            epoch: t.epoch,
+            upstream: t.upstream.name.clone(),
+            accepted_work: 0,
+            accepted_shares: 0,
+            late_work: 0,
+            late_shares: 0,
+            rejected: BTreeMap::from([(code.to_string(), 1)]),
+            from_ms: now,
+            to_ms: now + 1,
+        });
+        if let Err(e) = self.outbox.append(vec![record]).await {
+            tracing::error!(error = %e, "could not record a rejected share");
+        }
+    }
+
+    pub fn set_worker_difficulty(&self, id: &MinerIdentity, d: f64) {
+        self.workers
+            .lock()
+            .expect("workers lock")
+            .entry((id.user.clone(), id.worker.clone()))
+            .or_default()
+            .difficulty = d;
+    }
+}

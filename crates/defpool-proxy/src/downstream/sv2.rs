@@ -1,0 +1,1 @@
+//! SV2 miners (Noise NX): standard, extended and group channels.

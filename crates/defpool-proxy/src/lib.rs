@@ -1,0 +1,20 @@
+//! The DefPool proxy: the miners' gateway.
+//!
+//! * [`downstream`]: SV1 and SV2 miner sessions, one task each.
+//! * [`upstream`]: pool and coin-adapter connections, one task each.
+//! * [`group`]: per algorithm group, the router that applies assignments, switches and fails
+//!   over, and publishes job templates to every miner at once (a `watch` channel).
+//! * [`layout`]: the extranonce fold that keeps a miner's extranonce the same across coins.
+//! * [`outbox`]: the durable local queue a share enters before the miner hears "accepted".
+//! * [`admin`]: the loopback admin endpoint (assignments, status).
+
+pub mod admin;
+pub mod context;
+pub mod downstream;
+pub mod group;
+pub mod identity;
+pub mod layout;
+pub mod outbox;
+pub mod proxy;
+pub mod template;
+pub mod upstream;

@@ -1,0 +1,266 @@
+//! Starting and stopping a proxy: outbox, groups, listeners, admin endpoint.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use defpool_config::Validated;
+use defpool_config::{StratumProtocol, UpstreamProtocol};
+use defpool_control::{Assignment, MiningTarget, ProxyId, UpstreamKind, UpstreamRef};
+use defpool_core::secret::Secret;
+use defpool_core::Algorithm;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::admin::{self, AdminState};
+use crate::context::{Context, PortSettings};
+use crate::downstream;
+use crate::group::{self, load_assignment, now_ms, RouterOptions};
+use crate::layout::MinerSpace;
+use crate::outbox::{Outbox, OutboxError, OutboxOptions};
+use crate::upstream::StallLimits;
+
+/// Why a proxy could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the configuration has no [proxy] section")]
+    NotConfigured,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("SV2 port {0}: {1}")]
+    Sv2Keys(SocketAddr, String),
+}
+
+/// Where the proxy listens once started (ports may be 0 in tests).
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub ports: Vec<(Algorithm, StratumProtocol, SocketAddr)>,
+    pub admin: SocketAddr,
+    pub authority_public_key: Option<String>,
+}
+
+/// The assignment a proxy starts with when neither a server nor a previous run gave one: the
+/// first configured upstream's coin of the group's algorithm, with all its upstreams in order.
+pub fn default_assignment(v: &Validated, group: &str, algorithm: Algorithm) -> Option<Assignment> {
+    let ups: Vec<UpstreamRef> = v
+        .config
+        .upstreams
+        .iter()
+        .filter(|u| {
+            v.registry
+                .get(&u.coin)
+                .is_some_and(|c| c.algorithm == algorithm)
+        })
+        .map(|u| UpstreamRef {
+            name: u.name.clone(),
+            coin: u.coin.clone(),
+            kind: match u.protocol {
+                UpstreamProtocol::Sv1 => UpstreamKind::Sv1,
+                UpstreamProtocol::Sv2 => UpstreamKind::Sv2,
+                UpstreamProtocol::Adapter => UpstreamKind::Adapter,
+            },
+            address: u.url.clone(),
+            authority_public_key: u.authority_public_key.clone(),
+            username: u.username.clone(),
+            password: u.password.clone().unwrap_or_else(|| Secret::new("")),
+        })
+        .collect();
+    let coin = ups.first()?.coin.clone();
+    Some(Assignment {
+        epoch: 0,
+        group: group.to_string(),
+        algorithm,
+        targets: vec![MiningTarget {
+            coin,
+            merged: vec![],
+            weight: 1,
+        }],
+        upstreams: ups,
+        standby: vec![],
+        issued_at_ms: now_ms(),
+        reason: "configured default (no server assignment yet)".into(),
+    })
+}
+
+fn assignment_file(outbox: &std::path::Path, algorithm: Algorithm) -> PathBuf {
+    let mut name = outbox.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".assignment-{}.json", algorithm.as_str()));
+    outbox.with_file_name(name)
+}
+
+/// Runs the proxy until `shutdown` resolves. `started` learns the bound addresses.
+pub async fn run(
+    v: Validated,
+    started: Option<oneshot::Sender<Started>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    let cfg = v.config.proxy.clone().ok_or(ProxyError::NotConfigured)?;
+    let registry = Arc::new(v.registry.clone());
+    let outbox = Outbox::open(
+        &cfg.outbox_path,
+        ProxyId(cfg.id.clone()),
+        OutboxOptions::default(),
+    )
+    .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let algorithms: Vec<Algorithm> = {
+        let mut a: Vec<Algorithm> = cfg.ports.iter().map(|p| p.algorithm).collect();
+        a.sort_by_key(|a| a.as_str());
+        a.dedup();
+        a
+    };
+    let mut groups = HashMap::new();
+    let mut assign_txs = HashMap::new();
+    for &algorithm in &algorithms {
+        let file = assignment_file(&cfg.outbox_path, algorithm);
+        let opts = RouterOptions {
+            grace: Duration::from_secs(cfg.grace_secs as u64),
+            limits: StallLimits::default(),
+            space: MinerSpace::default(),
+            assignment_file: Some(file.clone()),
+        };
+        let (mut router, shared, tx) = group::group(
+            &cfg.group,
+            algorithm,
+            registry.clone(),
+            v.config.network,
+            outbox.clone(),
+            opts,
+        );
+        let initial = load_assignment(&file)
+            .filter(|a| a.group == cfg.group && a.algorithm == algorithm)
+            .or_else(|| default_assignment(&v, &cfg.group, algorithm));
+        match initial {
+            Some(a) => {
+                tracing::info!(algorithm = algorithm.as_str(), epoch = a.epoch, reason = %a.reason, "starting with an assignment");
+                router.assign(a);
+            }
+            None => tracing::warn!(
+                algorithm = algorithm.as_str(),
+                "no assignment and no upstream for this algorithm yet: miners wait for work"
+            ),
+        }
+        tokio::spawn(router.run(stop_rx.clone()));
+        groups.insert(algorithm, shared);
+        assign_txs.insert((cfg.group.clone(), algorithm), tx);
+    }
+    let ctx = Arc::new(Context::new(
+        registry.clone(),
+        v.config.network,
+        outbox.clone(),
+        cfg.grace_secs,
+        groups,
+    ));
+
+    let mut bound = Vec::new();
+    for port in &cfg.ports {
+        let listener =
+            TcpListener::bind(port.listen)
+                .await
+                .map_err(|source| ProxyError::Listen {
+                    addr: port.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Listen {
+            addr: port.listen,
+            source,
+        })?;
+        bound.push((port.algorithm, port.protocol, addr));
+        let settings = Arc::new(PortSettings::from(port));
+        let group = ctx.groups[&port.algorithm].clone();
+        let ctx = ctx.clone();
+        let protocol = port.protocol;
+        let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let mut stop = stop_rx.clone();
+        tracing::info!(listen = %addr, algorithm = port.algorithm.as_str(), protocol = ?protocol, "miners' port open");
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %peer, limit = settings.max_connections, "connection limit reached; refusing a miner");
+                    drop(stream);
+                    continue;
+                };
+                ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let (ctx, settings, group) = (ctx.clone(), settings.clone(), group.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match protocol {
+                        StratumProtocol::Sv1 => {
+                            downstream::sv1::serve(stream, peer, settings, ctx, group).await
+                        }
+                        StratumProtocol::Sv2 => {
+                            tracing::warn!(peer = %peer, "SV2 miners are not served by this build yet");
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|source| ProxyError::Listen {
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ProxyError::Listen {
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let app = admin::router(AdminState {
+        ctx: ctx.clone(),
+        token: cfg.admin_token.clone(),
+        assign: assign_txs,
+        proxy_id: cfg.id.clone(),
+    });
+    let mut admin_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.changed().await;
+            })
+            .await;
+    });
+    tracing::info!(listen = %admin_addr, "admin endpoint open");
+    if let Some(key) = &cfg.authority_public_key {
+        tracing::info!(authority_public_key = %key, "SV2 authority public key");
+    }
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            ports: bound,
+            admin: admin_addr,
+            authority_public_key: cfg.authority_public_key.clone(),
+        });
+    }
+
+    shutdown.await;
+    tracing::info!("proxy stopping");
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(ctx);
+    outbox.close().await?;
+    Ok(())
+}

@@ -1,0 +1,767 @@
+//! Stratum V1: newline-delimited JSON-RPC as miners and pools speak it.
+//!
+//! One codec serves both sides: the proxy parses miners' requests and writes pool messages
+//! downstream, and parses pools' messages and writes miners' requests upstream. Parsing is pure
+//! ([`parse_line`], [`MinerRequest::parse`], [`PoolMessage::parse`]) so it can be fuzzed; the
+//! only I/O is [`LineReader`], which bounds every line.
+//!
+//! Byte orders on the wire follow the de-facto convention (cgminer, every public pool):
+//! `prevhash` is the header's previous-hash bytes with each 32-bit word reversed; version, nbits,
+//! ntime and nonce are big-endian hex of the header integers; extranonces and coinbase parts are
+//! raw bytes in hex.
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Lines longer than this are a protocol violation unless a port configures otherwise.
+pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+
+/// Why a line could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum Sv1Error {
+    #[error("line exceeds the limit of {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("line is not UTF-8 JSON: {0}")]
+    Json(String),
+    #[error("message is neither a request nor a response")]
+    NotJsonRpc,
+    #[error("{method}: {reason}")]
+    BadParams { method: String, reason: String },
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Sv1Error {
+    /// Violations close the connection; bad parameters only earn an error reply.
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            Sv1Error::LineTooLong { .. } | Sv1Error::Json(_) | Sv1Error::NotJsonRpc
+        )
+    }
+}
+
+fn bad(method: &str, reason: impl Into<String>) -> Sv1Error {
+    Sv1Error::BadParams {
+        method: method.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A JSON-RPC request or notification (`id` null).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Value,
+    pub method: String,
+    pub params: Vec<Value>,
+}
+
+/// A JSON-RPC response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub id: Value,
+    pub result: Value,
+    pub error: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    Request(Request),
+    Response(Response),
+}
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: &[u8]) -> Result<Incoming, Sv1Error> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| Sv1Error::Json(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(Sv1Error::NotJsonRpc);
+    };
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    if let Some(method) = obj.remove("method") {
+        let Value::String(method) = method else {
+            return Err(Sv1Error::NotJsonRpc);
+        };
+        let params = match obj.remove("params") {
+            Some(Value::Array(params)) => params,
+            None | Some(Value::Null) => Vec::new(),
+            Some(other) => vec![other],
+        };
+        return Ok(Incoming::Request(Request { id, method, params }));
+    }
+    if obj.contains_key("result") || obj.contains_key("error") {
+        return Ok(Incoming::Response(Response {
+            id,
+            result: obj.remove("result").unwrap_or(Value::Null),
+            error: obj.remove("error").unwrap_or(Value::Null),
+        }));
+    }
+    Err(Sv1Error::NotJsonRpc)
+}
+
+/// Reads newline-terminated lines, refusing any longer than `limit`.
+///
+/// Cancel-safe: a partly read line survives a cancelled `next_line` (as in `select!`).
+pub struct LineReader<R> {
+    inner: R,
+    limit: usize,
+    line: Vec<u8>,
+    returned: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    pub fn new(inner: R, limit: usize) -> Self {
+        LineReader {
+            inner,
+            limit,
+            line: Vec::new(),
+            returned: false,
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The next non-empty line without its terminator; `None` at end of stream.
+    pub async fn next_line(&mut self) -> Result<Option<&[u8]>, Sv1Error> {
+        if self.returned {
+            self.line.clear();
+            self.returned = false;
+        }
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if self.line.len() + take > self.limit + 1 {
+                return Err(Sv1Error::LineTooLong { limit: self.limit });
+            }
+            self.line.extend_from_slice(&buf[..take]);
+            self.inner.consume(take);
+            if done {
+                while matches!(self.line.last(), Some(b'\n' | b'\r')) {
+                    self.line.pop();
+                }
+                if self.line.is_empty() {
+                    continue;
+                }
+                break;
+            }
+        }
+        self.returned = true;
+        Ok(Some(&self.line))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field encodings
+
+/// Previous-block hash in stratum's word-swapped form, from header (internal) byte order.
+pub fn prevhash_to_sv1(internal: &[u8; 32]) -> String {
+    let mut out = [0u8; 32];
+    for (dst, src) in out.chunks_exact_mut(4).zip(internal.chunks_exact(4)) {
+        dst.copy_from_slice(src);
+        dst.reverse();
+    }
+    hex::encode(out)
+}
+
+/// Inverse of [`prevhash_to_sv1`].
+pub fn prevhash_from_sv1(text: &str) -> Option<[u8; 32]> {
+    let mut bytes: [u8; 32] = hex::decode(text).ok()?.try_into().ok()?;
+    for word in bytes.chunks_exact_mut(4) {
+        word.reverse();
+    }
+    Some(bytes)
+}
+
+pub fn u32_to_hex(v: u32) -> String {
+    format!("{v:08x}")
+}
+
+fn hex_u32(method: &str, field: &str, v: &Value) -> Result<u32, Sv1Error> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| bad(method, format!("{field} must be a hex string")))?;
+    if s.is_empty() || s.len() > 8 {
+        return Err(bad(method, format!("{field} must be 1..8 hex digits")));
+    }
+    u32::from_str_radix(s, 16).map_err(|_| bad(method, format!("{field} is not hex")))
+}
+
+fn hex_bytes(method: &str, field: &str, v: &Value, max: usize) -> Result<Vec<u8>, Sv1Error> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| bad(method, format!("{field} must be a hex string")))?;
+    if s.len() > max * 2 {
+        return Err(bad(method, format!("{field} longer than {max} bytes")));
+    }
+    hex::decode(s).map_err(|_| bad(method, format!("{field} is not hex")))
+}
+
+fn string(method: &str, field: &str, v: Option<&Value>) -> Result<String, Sv1Error> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(bad(method, format!("{field} missing"))),
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Miner → pool
+
+/// BIP310 `mining.configure` parameters DefPool understands.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Configure {
+    pub extensions: Vec<String>,
+    pub version_rolling_mask: Option<u32>,
+    pub version_rolling_min_bit_count: Option<u32>,
+    pub minimum_difficulty: Option<f64>,
+}
+
+/// A submitted share as SV1 carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submit {
+    pub worker: String,
+    pub job_id: String,
+    pub extranonce2: Vec<u8>,
+    pub ntime: u32,
+    pub nonce: u32,
+    /// BIP310 rolled version bits, when the miner rolls.
+    pub version_bits: Option<u32>,
+}
+
+/// Requests a miner sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MinerRequest {
+    Subscribe {
+        user_agent: Option<String>,
+        session: Option<String>,
+    },
+    Authorize {
+        username: String,
+        password: String,
+    },
+    Configure(Configure),
+    ExtranonceSubscribe,
+    SuggestDifficulty(f64),
+    Submit(Submit),
+    /// A method DefPool does not serve (answered with an error, not a disconnect).
+    Unknown(String),
+}
+
+impl MinerRequest {
+    pub fn parse(req: &Request) -> Result<MinerRequest, Sv1Error> {
+        let m = req.method.as_str();
+        let p = &req.params;
+        Ok(match m {
+            "mining.subscribe" => MinerRequest::Subscribe {
+                user_agent: p.first().and_then(|v| v.as_str()).map(str::to_string),
+                session: p.get(1).and_then(|v| v.as_str()).map(str::to_string),
+            },
+            "mining.authorize" => MinerRequest::Authorize {
+                username: string(m, "username", p.first())?,
+                password: p
+                    .get(1)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            },
+            "mining.configure" => {
+                let mut c = Configure::default();
+                if let Some(Value::Array(exts)) = p.first() {
+                    c.extensions = exts
+                        .iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect();
+                } else {
+                    return Err(bad(m, "first parameter must be the list of extensions"));
+                }
+                if let Some(Value::Object(opts)) = p.get(1) {
+                    if let Some(v) = opts.get("version-rolling.mask") {
+                        c.version_rolling_mask = Some(hex_u32(m, "version-rolling.mask", v)?);
+                    }
+                    c.version_rolling_min_bit_count = opts
+                        .get("version-rolling.min-bit-count")
+                        .and_then(|v| v.as_u64())
+                        .map(|v| v.min(32) as u32);
+                    c.minimum_difficulty = opts.get("minimum-difficulty.value").and_then(number);
+                }
+                MinerRequest::Configure(c)
+            }
+            "mining.extranonce.subscribe" => MinerRequest::ExtranonceSubscribe,
+            "mining.suggest_difficulty" => {
+                let d = p
+                    .first()
+                    .and_then(number)
+                    .filter(|d| d.is_finite() && *d > 0.0)
+                    .ok_or_else(|| bad(m, "difficulty must be a positive number"))?;
+                MinerRequest::SuggestDifficulty(d)
+            }
+            "mining.submit" => {
+                if p.len() < 5 {
+                    return Err(bad(m, "expected worker, job_id, extranonce2, ntime, nonce"));
+                }
+                MinerRequest::Submit(Submit {
+                    worker: string(m, "worker", p.first())?,
+                    job_id: string(m, "job_id", p.get(1))?,
+                    extranonce2: hex_bytes(m, "extranonce2", &p[2], 32)?,
+                    ntime: hex_u32(m, "ntime", &p[3])?,
+                    nonce: hex_u32(m, "nonce", &p[4])?,
+                    version_bits: match p.get(5) {
+                        Some(Value::Null) | None => None,
+                        Some(v) => Some(hex_u32(m, "version_bits", v)?),
+                    },
+                })
+            }
+            other => MinerRequest::Unknown(other.to_string()),
+        })
+    }
+
+    /// The request line a miner sends (upstream side and load generator).
+    pub fn to_line(&self, id: u64) -> String {
+        let (method, params) = match self {
+            MinerRequest::Subscribe {
+                user_agent,
+                session,
+            } => {
+                let mut p = vec![json!(user_agent.clone().unwrap_or_default())];
+                if let Some(s) = session {
+                    p.push(json!(s));
+                }
+                ("mining.subscribe", Value::Array(p))
+            }
+            MinerRequest::Authorize { username, password } => {
+                ("mining.authorize", json!([username, password]))
+            }
+            MinerRequest::Configure(c) => {
+                let mut opts = serde_json::Map::new();
+                if let Some(mask) = c.version_rolling_mask {
+                    opts.insert("version-rolling.mask".into(), json!(u32_to_hex(mask)));
+                }
+                if let Some(n) = c.version_rolling_min_bit_count {
+                    opts.insert("version-rolling.min-bit-count".into(), json!(n));
+                }
+                if let Some(d) = c.minimum_difficulty {
+                    opts.insert("minimum-difficulty.value".into(), json!(d));
+                }
+                ("mining.configure", json!([c.extensions, opts]))
+            }
+            MinerRequest::ExtranonceSubscribe => ("mining.extranonce.subscribe", json!([])),
+            MinerRequest::SuggestDifficulty(d) => ("mining.suggest_difficulty", json!([d])),
+            MinerRequest::Submit(s) => {
+                let mut p = vec![
+                    json!(s.worker),
+                    json!(s.job_id),
+                    json!(hex::encode(&s.extranonce2)),
+                    json!(u32_to_hex(s.ntime)),
+                    json!(u32_to_hex(s.nonce)),
+                ];
+                if let Some(v) = s.version_bits {
+                    p.push(json!(u32_to_hex(v)));
+                }
+                ("mining.submit", Value::Array(p))
+            }
+            MinerRequest::Unknown(m) => (m.as_str(), json!([])),
+        };
+        let mut line = json!({"id": id, "method": method, "params": params}).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool → miner
+
+/// A job as `mining.notify` carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notify {
+    pub job_id: String,
+    /// Header (internal) byte order; converted on the wire.
+    pub prev_hash: [u8; 32],
+    pub coinbase1: Vec<u8>,
+    pub coinbase2: Vec<u8>,
+    /// Internal byte order.
+    pub merkle_branch: Vec<[u8; 32]>,
+    pub version: u32,
+    pub nbits: u32,
+    pub ntime: u32,
+    pub clean_jobs: bool,
+}
+
+/// Notifications a pool sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolMessage {
+    SetDifficulty(f64),
+    Notify(Notify),
+    SetExtranonce {
+        extranonce1: Vec<u8>,
+        extranonce2_size: usize,
+    },
+    SetVersionMask(u32),
+    Reconnect {
+        host: Option<String>,
+        port: Option<u16>,
+        wait_secs: u32,
+    },
+    ShowMessage(String),
+    Unknown(String),
+}
+
+impl PoolMessage {
+    pub fn parse(req: &Request) -> Result<PoolMessage, Sv1Error> {
+        let m = req.method.as_str();
+        let p = &req.params;
+        Ok(match m {
+            "mining.set_difficulty" => PoolMessage::SetDifficulty(
+                p.first()
+                    .and_then(number)
+                    .filter(|d| d.is_finite() && *d > 0.0)
+                    .ok_or_else(|| bad(m, "difficulty must be a positive number"))?,
+            ),
+            "mining.notify" => {
+                if p.len() < 9 {
+                    return Err(bad(m, "expected 9 parameters"));
+                }
+                let prev = p[1].as_str().and_then(prevhash_from_sv1);
+                let branch = p[4]
+                    .as_array()
+                    .ok_or_else(|| bad(m, "merkle branch must be a list"))?
+                    .iter()
+                    .map(|h| {
+                        h.as_str()
+                            .and_then(|s| hex::decode(s).ok())
+                            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad(m, "merkle branch entries must be 32-byte hex"))?;
+                PoolMessage::Notify(Notify {
+                    job_id: string(m, "job_id", p.first())?,
+                    prev_hash: prev.ok_or_else(|| bad(m, "prevhash must be 32-byte hex"))?,
+                    coinbase1: hex_bytes(m, "coinb1", &p[2], 1 << 20)?,
+                    coinbase2: hex_bytes(m, "coinb2", &p[3], 1 << 20)?,
+                    merkle_branch: branch,
+                    version: hex_u32(m, "version", &p[5])?,
+                    nbits: hex_u32(m, "nbits", &p[6])?,
+                    ntime: hex_u32(m, "ntime", &p[7])?,
+                    clean_jobs: p[8].as_bool().unwrap_or(false),
+                })
+            }
+            "mining.set_extranonce" => PoolMessage::SetExtranonce {
+                extranonce1: hex_bytes(m, "extranonce1", p.first().unwrap_or(&Value::Null), 32)?,
+                extranonce2_size: p
+                    .get(1)
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| *n <= 32)
+                    .ok_or_else(|| bad(m, "extranonce2 size must be 0..=32"))?
+                    as usize,
+            },
+            "mining.set_version_mask" => {
+                PoolMessage::SetVersionMask(hex_u32(m, "mask", p.first().unwrap_or(&Value::Null))?)
+            }
+            "client.reconnect" => PoolMessage::Reconnect {
+                host: p.first().and_then(|v| v.as_str()).map(str::to_string),
+                port: p.get(1).and_then(number).map(|n| n as u16),
+                wait_secs: p.get(2).and_then(number).unwrap_or(0.0) as u32,
+            },
+            "client.show_message" => PoolMessage::ShowMessage(
+                p.first()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            other => PoolMessage::Unknown(other.to_string()),
+        })
+    }
+
+    /// The notification line a pool sends.
+    pub fn to_line(&self) -> String {
+        let (method, params) = match self {
+            PoolMessage::SetDifficulty(d) => ("mining.set_difficulty", json!([d])),
+            PoolMessage::Notify(n) => (
+                "mining.notify",
+                json!([
+                    n.job_id,
+                    prevhash_to_sv1(&n.prev_hash),
+                    hex::encode(&n.coinbase1),
+                    hex::encode(&n.coinbase2),
+                    n.merkle_branch.iter().map(hex::encode).collect::<Vec<_>>(),
+                    u32_to_hex(n.version),
+                    u32_to_hex(n.nbits),
+                    u32_to_hex(n.ntime),
+                    n.clean_jobs
+                ]),
+            ),
+            PoolMessage::SetExtranonce {
+                extranonce1,
+                extranonce2_size,
+            } => (
+                "mining.set_extranonce",
+                json!([hex::encode(extranonce1), extranonce2_size]),
+            ),
+            PoolMessage::SetVersionMask(mask) => {
+                ("mining.set_version_mask", json!([u32_to_hex(*mask)]))
+            }
+            PoolMessage::Reconnect {
+                host,
+                port,
+                wait_secs,
+            } => ("client.reconnect", json!([host, port, wait_secs])),
+            PoolMessage::ShowMessage(s) => ("client.show_message", json!([s])),
+            PoolMessage::Unknown(m) => (m.as_str(), json!([])),
+        };
+        let mut line = json!({"id": null, "method": method, "params": params}).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// A successful reply line.
+pub fn result_line(id: &Value, result: Value) -> String {
+    let mut line = json!({"id": id, "result": result, "error": null}).to_string();
+    line.push('\n');
+    line
+}
+
+/// An error reply line in the conventional `[code, message, null]` form.
+pub fn error_line(id: &Value, code: i64, message: &str) -> String {
+    let mut line = json!({"id": id, "result": null, "error": [code, message, null]}).to_string();
+    line.push('\n');
+    line
+}
+
+/// The conventional stratum error codes (from the pre-BIP "stratum mining protocol" notes that
+/// every pool follows).
+pub mod error_code {
+    pub const OTHER: i64 = 20;
+    pub const JOB_NOT_FOUND: i64 = 21;
+    pub const DUPLICATE_SHARE: i64 = 22;
+    pub const LOW_DIFFICULTY: i64 = 23;
+    pub const UNAUTHORIZED: i64 = 24;
+    pub const NOT_SUBSCRIBED: i64 = 25;
+}
+
+/// The `mining.subscribe` result: subscriptions, extranonce1, extranonce2 size.
+pub fn subscribe_result(session: &str, extranonce1: &[u8], extranonce2_size: usize) -> Value {
+    json!([
+        [
+            ["mining.set_difficulty", session],
+            ["mining.notify", session]
+        ],
+        hex::encode(extranonce1),
+        extranonce2_size
+    ])
+}
+
+/// Reads a `mining.subscribe` result (upstream side): extranonce1 and extranonce2 size.
+pub fn parse_subscribe_result(result: &Value) -> Option<(Vec<u8>, usize)> {
+    let arr = result.as_array()?;
+    let en1 = hex::decode(arr.get(1)?.as_str()?).ok()?;
+    let size = arr.get(2)?.as_u64()? as usize;
+    (en1.len() <= 32 && size <= 32).then_some((en1, size))
+}
+
+/// Reads a `mining.configure` result: the version-rolling mask the pool granted, if any.
+pub fn parse_configure_result(result: &Value) -> Option<u32> {
+    let obj = result.as_object()?;
+    if obj.get("version-rolling")?.as_bool()? {
+        u32::from_str_radix(obj.get("version-rolling.mask")?.as_str()?, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// The error message of a response, for logs and reject reasons.
+pub fn error_message(error: &Value) -> String {
+    match error {
+        Value::Null => String::new(),
+        Value::Array(a) => a
+            .get(1)
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| error.to_string()),
+        Value::Object(o) => o
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| error.to_string()),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request(line: &str) -> Request {
+        match parse_line(line.as_bytes()).unwrap() {
+            Incoming::Request(r) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_cgminer_session() {
+        let sub =
+            request(r#"{"id": 1, "method": "mining.subscribe", "params": ["cgminer/4.10.0"]}"#);
+        assert_eq!(
+            MinerRequest::parse(&sub).unwrap(),
+            MinerRequest::Subscribe {
+                user_agent: Some("cgminer/4.10.0".into()),
+                session: None
+            }
+        );
+        let auth =
+            request(r#"{"id":2,"method":"mining.authorize","params":["ltc1qaddr.rig1","d=512"]}"#);
+        assert_eq!(
+            MinerRequest::parse(&auth).unwrap(),
+            MinerRequest::Authorize {
+                username: "ltc1qaddr.rig1".into(),
+                password: "d=512".into()
+            }
+        );
+        let submit = request(
+            r#"{"params": ["ltc1qaddr.rig1", "1f", "0000000a", "5f5e1000", "e8832204", "00a00000"], "id": 4, "method": "mining.submit"}"#,
+        );
+        assert_eq!(
+            MinerRequest::parse(&submit).unwrap(),
+            MinerRequest::Submit(Submit {
+                worker: "ltc1qaddr.rig1".into(),
+                job_id: "1f".into(),
+                extranonce2: vec![0, 0, 0, 10],
+                ntime: 0x5f5e1000,
+                nonce: 0xe8832204,
+                version_bits: Some(0x00a00000),
+            })
+        );
+    }
+
+    #[test]
+    fn configure_reads_the_bip310_mask() {
+        let c = request(
+            r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000","version-rolling.min-bit-count":2}]}"#,
+        );
+        let MinerRequest::Configure(c) = MinerRequest::parse(&c).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.version_rolling_mask, Some(0x1fffe000));
+        assert_eq!(c.version_rolling_min_bit_count, Some(2));
+    }
+
+    #[test]
+    fn bad_params_are_not_violations_but_bad_json_is() {
+        let r = request(r#"{"id":3,"method":"mining.submit","params":["w","1","zz","0","0"]}"#);
+        let e = MinerRequest::parse(&r).unwrap_err();
+        assert!(!e.is_protocol_violation());
+        assert!(e.to_string().contains("extranonce2"), "{e}");
+        assert!(parse_line(b"{not json")
+            .unwrap_err()
+            .is_protocol_violation());
+        assert!(parse_line(b"[1,2]").unwrap_err().is_protocol_violation());
+        assert!(parse_line(br#"{"id":1}"#)
+            .unwrap_err()
+            .is_protocol_violation());
+        assert_eq!(
+            MinerRequest::parse(&request(
+                r#"{"id":1,"method":"mining.get_transactions","params":[]}"#
+            ))
+            .unwrap(),
+            MinerRequest::Unknown("mining.get_transactions".into())
+        );
+    }
+
+    #[test]
+    fn notify_round_trips_and_swaps_prevhash_words() {
+        let mut prev = [0u8; 32];
+        for (i, b) in prev.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert!(prevhash_to_sv1(&prev).starts_with("03020100" /* first word reversed */));
+        let n = Notify {
+            job_id: "a1".into(),
+            prev_hash: prev,
+            coinbase1: vec![1, 2, 3],
+            coinbase2: vec![4, 5],
+            merkle_branch: vec![[7u8; 32], [9u8; 32]],
+            version: 0x20000000,
+            nbits: 0x1d00ffff,
+            ntime: 0x6000_0000,
+            clean_jobs: true,
+        };
+        let line = PoolMessage::Notify(n.clone()).to_line();
+        let Incoming::Request(r) = parse_line(line.trim_end().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(PoolMessage::parse(&r).unwrap(), PoolMessage::Notify(n));
+    }
+
+    #[test]
+    fn subscribe_and_configure_results_round_trip() {
+        let v = subscribe_result("s1", &[0xde, 0xad, 0, 1], 4);
+        assert_eq!(
+            parse_subscribe_result(&v),
+            Some((vec![0xde, 0xad, 0, 1], 4))
+        );
+        let granted = json!({"version-rolling": true, "version-rolling.mask": "1fffe000"});
+        assert_eq!(parse_configure_result(&granted), Some(0x1fffe000));
+        assert_eq!(
+            parse_configure_result(&json!({"version-rolling": false})),
+            None
+        );
+        assert_eq!(
+            error_message(&json!([23, "Low difficulty share", null])),
+            "Low difficulty share"
+        );
+    }
+
+    #[tokio::test]
+    async fn line_reader_bounds_lines_and_skips_blank_ones() {
+        let data: &[u8] =
+            b"\r\n{\"a\":1}\r\n\n{\"b\":2}\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n";
+        let mut r = LineReader::new(data, 20);
+        assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"b\":2}");
+        assert!(matches!(
+            r.next_line().await,
+            Err(Sv1Error::LineTooLong { limit: 20 })
+        ));
+        let mut r = LineReader::new(&b"{\"a\":1}"[..], 20);
+        assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert!(r.next_line().await.unwrap().is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(Incoming::Request(r)) = parse_line(&bytes) {
+                let _ = MinerRequest::parse(&r);
+                let _ = PoolMessage::parse(&r);
+            }
+        }
+
+        #[test]
+        fn submit_round_trips(en2 in proptest::collection::vec(any::<u8>(), 0..16), ntime: u32, nonce: u32, bits: Option<u32>) {
+            let s = MinerRequest::Submit(Submit { worker: "w.1".into(), job_id: "7".into(), extranonce2: en2, ntime, nonce, version_bits: bits });
+            let line = s.to_line(9);
+            let Incoming::Request(r) = parse_line(line.trim_end().as_bytes()).unwrap() else { panic!() };
+            prop_assert_eq!(MinerRequest::parse(&r).unwrap(), s);
+        }
+    }
+}
