@@ -13,6 +13,7 @@ use defpool_config::{StratumProtocol, UpstreamProtocol};
 use defpool_control::{Assignment, MiningTarget, ProxyId, UpstreamKind, UpstreamRef};
 use defpool_core::secret::Secret;
 use defpool_core::Algorithm;
+use defpool_stratum::sv2::AuthorityKeypair;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 
@@ -36,8 +37,16 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error("SV2 port {0}: {1}")]
-    Sv2Keys(SocketAddr, String),
+    /// A configuration problem found at start (exit 78).
+    #[error("{0}")]
+    Sv2Keys(String),
+}
+
+impl ProxyError {
+    /// Whether the cause is the configuration (the binary exits 78).
+    pub fn is_config(&self) -> bool {
+        matches!(self, ProxyError::Sv2Keys(_) | ProxyError::NotConfigured)
+    }
 }
 
 /// Where the proxy listens once started (ports may be 0 in tests).
@@ -104,6 +113,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let cfg = v.config.proxy.clone().ok_or(ProxyError::NotConfigured)?;
+    // Configuration problems the config crate cannot see: before anything starts.
+    let sv2_keys = if cfg.ports.iter().any(|p| p.protocol == StratumProtocol::Sv2) {
+        let (Some(public), Some(secret)) = (&cfg.authority_public_key, &cfg.authority_secret_key)
+        else {
+            return Err(ProxyError::Sv2Keys(
+                "proxy.authority_public_key and proxy.authority_secret_key are required for SV2 ports".into(),
+            ));
+        };
+        Some(Arc::new(
+            AuthorityKeypair::from_base58(public, secret.expose())
+                .map_err(|e| ProxyError::Sv2Keys(format!("proxy.authority_secret_key: {e}")))?,
+        ))
+    } else {
+        None
+    };
     let registry = Arc::new(v.registry.clone());
     let outbox = Outbox::open(
         &cfg.outbox_path,
@@ -181,6 +205,7 @@ pub async fn run(
         let ctx = ctx.clone();
         let protocol = port.protocol;
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let keys = sv2_keys.clone();
         let mut stop = stop_rx.clone();
         tracing::info!(listen = %addr, algorithm = port.algorithm.as_str(), protocol = ?protocol, "miners' port open");
         tokio::spawn(async move {
@@ -202,7 +227,8 @@ pub async fn run(
                     continue;
                 };
                 ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-                let (ctx, settings, group) = (ctx.clone(), settings.clone(), group.clone());
+                let (ctx, settings, group, keys) =
+                    (ctx.clone(), settings.clone(), group.clone(), keys.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     match protocol {
@@ -210,7 +236,8 @@ pub async fn run(
                             downstream::sv1::serve(stream, peer, settings, ctx, group).await
                         }
                         StratumProtocol::Sv2 => {
-                            tracing::warn!(peer = %peer, "SV2 miners are not served by this build yet");
+                            let keys = keys.expect("SV2 keys checked at start");
+                            downstream::sv2::serve(stream, peer, settings, ctx, group, keys).await
                         }
                     }
                 });

@@ -206,6 +206,10 @@ fn proxy(file: &std::path::Path) -> ExitCode {
     init_logging(&valid.config.log);
     match runtime().block_on(defpool_proxy::proxy::run(valid, None, stop_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!("defpool: invalid config {}: {e}", file.display());
+            ExitCode::from(EX_CONFIG as u8)
+        }
         Err(e) => {
             tracing::error!(error = %e, "proxy stopped");
             eprintln!("defpool proxy: {e}");

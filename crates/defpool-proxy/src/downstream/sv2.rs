@@ -1,1 +1,827 @@
-//! SV2 miners (Noise NX): standard, extended and group channels.
+//! SV2 miners (Noise NX with the proxy's authority key): SetupConnection for the mining
+//! protocol, standard channels (header-only: the proxy computes each channel's merkle root),
+//! extended channels (the miner rolls its own extranonce part), group channel membership,
+//! SetTarget from per-channel vardiff, UpdateChannel, CloseChannel, and Reconnect only as the
+//! last resort when an extended channel cannot follow a switch.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use defpool_control::{Event, Record};
+use defpool_core::hash::{sha256d, to_display_hex};
+use defpool_core::share::{JobBook, Reject, ShareClass, Submission, SubmittedVersion};
+use defpool_core::work::{Target, HASHES_PER_DIFFICULTY};
+use defpool_stratum::sv2::{
+    self, error_code, setup_flags, AuthorityKeypair, FrameLimits, Message, Protocol, Sv2Error,
+    Sv2Writer,
+};
+use defpool_stratum::vardiff::Vardiff;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::{forward, share_target};
+use crate::context::{Context, PortSettings};
+use crate::group::{now_ms, GroupShared};
+use crate::identity::{parse_username, MinerIdentity};
+use crate::template::JobTemplate;
+
+const JOBS_KEPT: usize = 12;
+const GROUP_CHANNEL_ID: u32 = 1;
+/// SV2 carries only "rolling allowed": the BIP320 bits.
+const BIP320_MASK: u32 = 0x1fff_e000;
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+const CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+fn unix_now() -> u32 {
+    (now_ms() / 1000) as u32
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Standard,
+    Extended,
+}
+
+struct Channel {
+    kind: Kind,
+    identity: MinerIdentity,
+    prefix: Vec<u8>,
+    /// Bytes the miner rolls (extended) or we fill with zeros (standard).
+    rolled: usize,
+    vardiff: Vardiff,
+    /// The miner's limit: our target is never easier than this.
+    max_target: Target,
+    sent_target: Option<Target>,
+    book: JobBook,
+    jobs: VecDeque<(u32, Arc<JobTemplate>)>,
+    current: Option<Arc<JobTemplate>>,
+    seen_epoch: u64,
+}
+
+impl Channel {
+    fn target(&self, algorithm: defpool_core::Algorithm) -> Target {
+        let t = share_target(self.vardiff.difficulty(), algorithm);
+        t.harder(self.max_target)
+    }
+
+    fn full_extranonce(&self) -> Vec<u8> {
+        let mut e = self.prefix.clone();
+        e.resize(self.prefix.len() + self.rolled, 0);
+        e
+    }
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    group: Arc<GroupShared>,
+    port: Arc<PortSettings>,
+    peer: SocketAddr,
+    writer: Sv2Writer,
+    channels: HashMap<u32, Channel>,
+    next_channel: u32,
+    next_job: u32,
+    version_rolling: bool,
+    closing: Option<String>,
+}
+
+/// Difficulty (stratum convention) at which `hashrate` makes `per_minute` shares.
+fn difficulty_for(
+    hashrate: f32,
+    per_minute: f64,
+    algorithm: defpool_core::Algorithm,
+) -> Option<f64> {
+    let h = hashrate as f64;
+    (h.is_finite() && h > 0.0).then(|| {
+        h * 60.0 / per_minute / HASHES_PER_DIFFICULTY * algorithm.stratum_difficulty_factor()
+    })
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: Arc<PortSettings>,
+    ctx: Arc<Context>,
+    group: Arc<GroupShared>,
+    keys: Arc<AuthorityKeypair>,
+) {
+    let limits = FrameLimits {
+        max_frame_bytes: port.max_message_bytes,
+    };
+    let conn = match sv2::accept_with_timeout(
+        stream,
+        &keys,
+        CERT_VALIDITY,
+        limits,
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if e.is_protocol_violation() {
+                ctx.counters
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(peer = %peer, error = %e, "SV2 handshake failed; closing that connection");
+            ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let (mut reader, writer) = conn.into_split();
+    let (tx, mut msgs) = mpsc::channel::<Result<Message, Sv2Error>>(32);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let m = reader.recv().await;
+            let end = m.is_err();
+            if tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut s = Session {
+        ctx,
+        group,
+        port,
+        peer,
+        writer,
+        channels: HashMap::new(),
+        next_channel: GROUP_CHANNEL_ID + 1,
+        next_job: 1,
+        version_rolling: false,
+        closing: None,
+    };
+    s.group.miners.fetch_add(1, Ordering::Relaxed);
+    let reason = s.run(&mut msgs).await;
+    reader_task.abort();
+    tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+    s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+    s.group.miners.fetch_sub(1, Ordering::Relaxed);
+    let mut prefixes = s.group.prefixes.lock().expect("prefix lock");
+    for ch in s.channels.values() {
+        prefixes.release(&ch.prefix);
+    }
+}
+
+impl Session {
+    async fn send(&mut self, m: &Message) -> Result<(), String> {
+        self.writer
+            .send(m)
+            .await
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    async fn run(&mut self, msgs: &mut mpsc::Receiver<Result<Message, Sv2Error>>) -> String {
+        // SetupConnection first.
+        let setup = match tokio::time::timeout(SETUP_TIMEOUT, msgs.recv()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return self.violation(&e),
+            Ok(None) => return "closed before SetupConnection".into(),
+            Err(_) => return "no SetupConnection in time".into(),
+        };
+        match setup {
+            Message::SetupConnection {
+                protocol,
+                min_version,
+                max_version,
+                flags,
+                ..
+            } => {
+                let error = if protocol != Protocol::Mining {
+                    Some((0, error_code::UNSUPPORTED_PROTOCOL))
+                } else if !(min_version..=max_version).contains(&sv2::PROTOCOL_VERSION) {
+                    Some((0, error_code::PROTOCOL_VERSION_MISMATCH))
+                } else if flags & setup_flags::REQUIRES_WORK_SELECTION != 0 {
+                    Some((
+                        setup_flags::REQUIRES_WORK_SELECTION,
+                        error_code::UNSUPPORTED_FEATURE_FLAGS,
+                    ))
+                } else {
+                    None
+                };
+                if let Some((flags, code)) = error {
+                    let _ = self
+                        .send(&Message::SetupConnectionError {
+                            flags,
+                            error_code: code.into(),
+                        })
+                        .await;
+                    return format!("SetupConnection refused: {code}");
+                }
+                self.version_rolling = flags & setup_flags::REQUIRES_VERSION_ROLLING != 0;
+                if let Err(e) = self
+                    .send(&Message::SetupConnectionSuccess {
+                        used_version: sv2::PROTOCOL_VERSION,
+                        flags: 0,
+                    })
+                    .await
+                {
+                    return e;
+                }
+            }
+            other => {
+                self.ctx
+                    .counters
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
+                return format!(
+                    "protocol violation: {} before SetupConnection",
+                    other.name()
+                );
+            }
+        }
+        let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = self.group.templates.clone();
+        templates.mark_unchanged();
+        let idle = self.port.idle_timeout;
+        let mut deadline = tokio::time::Instant::now() + idle;
+        let mut retarget = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            if let Some(why) = self.closing.take() {
+                return why;
+            }
+            let r = tokio::select! {
+                m = msgs.recv() => match m {
+                    Some(Ok(m)) => {
+                        deadline = tokio::time::Instant::now() + idle;
+                        self.on_message(m).await
+                    }
+                    Some(Err(Sv2Error::Closed)) | None => return "miner closed the connection".into(),
+                    Some(Err(e)) => return self.violation(&e),
+                },
+                changed = templates.changed(), if !self.channels.is_empty() => {
+                    if changed.is_err() {
+                        return "proxy shutting down".into();
+                    }
+                    let t = templates.borrow_and_update().clone();
+                    match t {
+                        Some(t) => self.broadcast(t).await,
+                        None => Ok(()),
+                    }
+                }
+                _ = retarget.tick(), if !self.channels.is_empty() => self.retarget_all().await,
+                _ = tokio::time::sleep_until(deadline) => return format!("idle for {} s", idle.as_secs()),
+            };
+            if let Err(e) = r {
+                return e;
+            }
+        }
+    }
+
+    fn violation(&self, e: &Sv2Error) -> String {
+        if e.is_protocol_violation() {
+            self.ctx
+                .counters
+                .protocol_violations
+                .fetch_add(1, Ordering::Relaxed);
+            format!("protocol violation: {e}")
+        } else {
+            e.to_string()
+        }
+    }
+
+    async fn on_message(&mut self, m: Message) -> Result<(), String> {
+        match m {
+            Message::OpenStandardMiningChannel {
+                request_id,
+                user_identity,
+                nominal_hash_rate,
+                max_target,
+            } => {
+                self.open(
+                    Kind::Standard,
+                    request_id,
+                    &user_identity,
+                    nominal_hash_rate,
+                    max_target,
+                    0,
+                )
+                .await
+            }
+            Message::OpenExtendedMiningChannel {
+                request_id,
+                user_identity,
+                nominal_hash_rate,
+                max_target,
+                min_extranonce_size,
+            } => {
+                self.open(
+                    Kind::Extended,
+                    request_id,
+                    &user_identity,
+                    nominal_hash_rate,
+                    max_target,
+                    min_extranonce_size as usize,
+                )
+                .await
+            }
+            Message::SubmitSharesStandard {
+                channel_id,
+                sequence_number,
+                job_id,
+                nonce,
+                ntime,
+                version,
+            } => {
+                self.submit(
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                    None,
+                )
+                .await
+            }
+            Message::SubmitSharesExtended {
+                channel_id,
+                sequence_number,
+                job_id,
+                nonce,
+                ntime,
+                version,
+                extranonce,
+            } => {
+                self.submit(
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                    Some(extranonce),
+                )
+                .await
+            }
+            Message::UpdateChannel {
+                channel_id,
+                nominal_hash_rate,
+                maximum_target,
+            } => {
+                let algorithm = self.group.algorithm;
+                let spm = self.port.shares_per_minute;
+                let Some(ch) = self.channels.get_mut(&channel_id) else {
+                    return self
+                        .send(&Message::UpdateChannelError {
+                            channel_id,
+                            error_code: error_code::INVALID_CHANNEL_ID.into(),
+                        })
+                        .await;
+                };
+                ch.max_target = Target::from_le_bytes(maximum_target);
+                if let Some(d) = difficulty_for(nominal_hash_rate, spm, algorithm) {
+                    ch.vardiff.suggest(d, now_ms());
+                }
+                self.set_target(channel_id).await
+            }
+            Message::CloseChannel {
+                channel_id,
+                reason_code,
+            } => {
+                if let Some(ch) = self.channels.remove(&channel_id) {
+                    self.group
+                        .prefixes
+                        .lock()
+                        .expect("prefix lock")
+                        .release(&ch.prefix);
+                    tracing::debug!(peer = %self.peer, channel_id, reason = %reason_code, "miner closed a channel");
+                }
+                Ok(())
+            }
+            other => {
+                tracing::debug!(peer = %self.peer, message = other.name(), "ignoring an unexpected SV2 message");
+                Ok(())
+            }
+        }
+    }
+
+    async fn open(
+        &mut self,
+        kind: Kind,
+        request_id: u32,
+        user: &str,
+        hashrate: f32,
+        max_target: [u8; 32],
+        min_extranonce: usize,
+    ) -> Result<(), String> {
+        let identity = match parse_username(&self.ctx.registry, self.ctx.network, user) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, user = %user, reason = %e, "SV2 channel refused");
+                return self
+                    .send(&Message::OpenMiningChannelError {
+                        request_id,
+                        error_code: error_code::UNKNOWN_USER.into(),
+                    })
+                    .await;
+            }
+        };
+        let rolled = self
+            .group
+            .templates
+            .borrow()
+            .as_ref()
+            .map_or(self.group.space.rolled_bytes, |t| t.fold.rolled_bytes);
+        if kind == Kind::Extended && min_extranonce > rolled {
+            return self
+                .send(&Message::OpenMiningChannelError {
+                    request_id,
+                    error_code: error_code::MIN_EXTRANONCE_SIZE_TOO_LARGE.into(),
+                })
+                .await;
+        }
+        if let Err(e) = self.ctx.announce_user(&identity).await {
+            tracing::error!(error = %e, "outbox unavailable; refusing the channel for now");
+            return self
+                .send(&Message::OpenMiningChannelError {
+                    request_id,
+                    error_code: "storage-unavailable".into(),
+                })
+                .await;
+        }
+        let Some(prefix) = self.group.prefixes.lock().expect("prefix lock").allocate() else {
+            return self
+                .send(&Message::OpenMiningChannelError {
+                    request_id,
+                    error_code: error_code::CHANNEL_CAPACITY_EXHAUSTED.into(),
+                })
+                .await;
+        };
+        let channel_id = self.next_channel;
+        self.next_channel += 1;
+        let p = &self.port;
+        let mut vardiff = Vardiff::new(
+            p.start_difficulty,
+            p.min_difficulty,
+            p.max_difficulty,
+            p.shares_per_minute,
+            now_ms(),
+        );
+        if let Some(d) = difficulty_for(hashrate, p.shares_per_minute, self.group.algorithm) {
+            vardiff.suggest(d, now_ms());
+        }
+        let ch = Channel {
+            kind,
+            identity,
+            prefix,
+            rolled,
+            vardiff,
+            max_target: Target::from_le_bytes(max_target),
+            sent_target: None,
+            book: JobBook::new(self.ctx.grace_secs, JOBS_KEPT),
+            jobs: VecDeque::new(),
+            current: None,
+            seen_epoch: 0,
+        };
+        let target = ch.target(self.group.algorithm);
+        let reply = match kind {
+            Kind::Standard => Message::OpenStandardMiningChannelSuccess {
+                request_id,
+                channel_id,
+                target: target.to_le_bytes(),
+                extranonce_prefix: ch.full_extranonce(),
+                group_channel_id: GROUP_CHANNEL_ID,
+            },
+            Kind::Extended => Message::OpenExtendedMiningChannelSuccess {
+                request_id,
+                channel_id,
+                target: target.to_le_bytes(),
+                extranonce_size: rolled as u16,
+                extranonce_prefix: ch.prefix.clone(),
+                group_channel_id: GROUP_CHANNEL_ID,
+            },
+        };
+        let mut ch = ch;
+        ch.sent_target = Some(target);
+        self.channels.insert(channel_id, ch);
+        self.send(&reply).await?;
+        if kind == Kind::Standard {
+            let ids: Vec<u32> = self
+                .channels
+                .iter()
+                .filter(|(_, c)| c.kind == Kind::Standard)
+                .map(|(id, _)| *id)
+                .collect();
+            self.send(&Message::SetGroupChannel {
+                group_channel_id: GROUP_CHANNEL_ID,
+                channel_ids: ids,
+            })
+            .await?;
+        }
+        let t = self.group.templates.borrow().clone();
+        if let Some(t) = t {
+            self.send_job(channel_id, t, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn broadcast(&mut self, t: Arc<JobTemplate>) -> Result<(), String> {
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.send_job(id, t.clone(), false).await?;
+        }
+        Ok(())
+    }
+
+    async fn retarget_all(&mut self) -> Result<(), String> {
+        let now = now_ms();
+        let ids: Vec<u32> = self
+            .channels
+            .iter_mut()
+            .filter_map(|(id, c)| c.vardiff.retarget(now).map(|_| *id))
+            .collect();
+        for id in ids {
+            self.set_target(id).await?;
+            if let Some(t) = self.channels.get(&id).and_then(|c| c.current.clone()) {
+                self.send_job(id, t, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_target(&mut self, channel_id: u32) -> Result<(), String> {
+        let algorithm = self.group.algorithm;
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            return Ok(());
+        };
+        let target = ch.target(algorithm);
+        if ch.sent_target == Some(target) {
+            return Ok(());
+        }
+        ch.sent_target = Some(target);
+        self.ctx
+            .set_worker_difficulty(&ch.identity, ch.vardiff.difficulty());
+        self.send(&Message::SetTarget {
+            channel_id,
+            maximum_target: target.to_le_bytes(),
+        })
+        .await
+    }
+
+    async fn send_job(
+        &mut self,
+        channel_id: u32,
+        t: Arc<JobTemplate>,
+        force_clean: bool,
+    ) -> Result<(), String> {
+        let algorithm = self.group.algorithm;
+        let job_id = self.next_job;
+        self.next_job = self.next_job.wrapping_add(1).max(1);
+        let version_rolling = self.version_rolling;
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            return Ok(());
+        };
+        if t.fold.rolled_bytes != ch.rolled {
+            match ch.kind {
+                // The proxy fills a standard channel's extranonce itself: it always follows.
+                Kind::Standard => ch.rolled = t.fold.rolled_bytes,
+                Kind::Extended => {
+                    self.ctx
+                        .counters
+                        .reconnects_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.group.switch.lock().expect("switch lock").reconnects += 1;
+                    tracing::info!(peer = %self.peer, channel_id, "extended channel cannot follow the new upstream's extranonce space: Reconnect sent");
+                    self.closing = Some("asked to reconnect".into());
+                    return self
+                        .send(&Message::Reconnect {
+                            new_host: String::new(),
+                            new_port: 0,
+                        })
+                        .await;
+                }
+            }
+        }
+        let clean = force_clean
+            || ch.current.as_ref().is_none_or(|c| !t.continues(c))
+            || (t.clean && ch.current.as_ref().is_none_or(|c| c.seq != t.seq));
+        let target = ch.target(algorithm);
+        let mut out = Vec::with_capacity(3);
+        if ch.sent_target != Some(target) {
+            ch.sent_target = Some(target);
+            out.push(Message::SetTarget {
+                channel_id,
+                maximum_target: target.to_le_bytes(),
+            });
+        }
+        let rolling_allowed = version_rolling && t.version_mask == BIP320_MASK;
+        let mask = if rolling_allowed { BIP320_MASK } else { 0 };
+        let job = t.job_for(job_id as u64, ch.prefix.len(), mask, target);
+        let min_ntime = (!clean).then_some(t.job.ntime);
+        match ch.kind {
+            Kind::Standard => {
+                let root = job.merkle_root(&ch.full_extranonce());
+                out.push(Message::NewMiningJob {
+                    channel_id,
+                    job_id,
+                    min_ntime,
+                    version: t.job.version,
+                    merkle_root: root,
+                });
+            }
+            Kind::Extended => out.push(Message::NewExtendedMiningJob {
+                channel_id,
+                job_id,
+                min_ntime,
+                version: t.job.version,
+                version_rolling_allowed: rolling_allowed,
+                merkle_path: t.job.merkle_branch.clone(),
+                coinbase_tx_prefix: t.coinbase_prefix.clone(),
+                coinbase_tx_suffix: t.job.coinbase2.clone(),
+            }),
+        }
+        if clean {
+            out.push(Message::SetNewPrevHash {
+                channel_id,
+                job_id,
+                prev_hash: t.job.prev_hash,
+                min_ntime: t.job.ntime,
+                nbits: t.job.nbits,
+            });
+        }
+        ch.book.add(Arc::new(job), clean, unix_now());
+        if ch.jobs.len() >= JOBS_KEPT {
+            ch.jobs.pop_front();
+        }
+        ch.jobs.push_back((job_id, t.clone()));
+        if t.epoch != ch.seen_epoch {
+            ch.seen_epoch = t.epoch;
+            let mut timer = self.group.switch.lock().expect("switch lock");
+            if let (Some(at), true) = (timer.commanded_at, timer.epoch == t.epoch) {
+                timer.first_job_us.push(at.elapsed().as_micros() as u64);
+            }
+        }
+        ch.current = Some(t);
+        for m in &out {
+            self.send(m).await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn submit(
+        &mut self,
+        channel_id: u32,
+        seq: u32,
+        job_id: u32,
+        nonce: u32,
+        ntime: u32,
+        version: u32,
+        extranonce: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            self.ctx
+                .record_rejected(None, None, error_code::INVALID_CHANNEL_ID)
+                .await;
+            return self
+                .send(&Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number: seq,
+                    error_code: error_code::INVALID_CHANNEL_ID.into(),
+                })
+                .await;
+        };
+        let full = match (&extranonce, ch.kind) {
+            (Some(e), Kind::Extended) => {
+                let mut f = ch.prefix.clone();
+                f.extend_from_slice(e);
+                f
+            }
+            _ => ch.full_extranonce(),
+        };
+        let template = ch
+            .jobs
+            .iter()
+            .find(|(j, _)| *j == job_id)
+            .map(|(_, t)| t.clone());
+        let sub = Submission {
+            extranonce: &full,
+            ntime,
+            nonce,
+            version: SubmittedVersion::Full(version),
+        };
+        let identity = ch.identity.clone();
+        let admitted = ch.book.admit(job_id as u64, &sub, unix_now());
+        let (prepared, late) = match admitted {
+            Ok(x) => x,
+            Err(reject) => {
+                let code = match reject {
+                    Reject::UnknownJob(_) => error_code::INVALID_JOB_ID,
+                    Reject::StaleJob(_) => error_code::STALE_SHARE,
+                    Reject::Duplicate => error_code::DUPLICATE_SHARE,
+                    Reject::BadExtranonceSize { .. } => error_code::BAD_EXTRANONCE_SIZE,
+                    Reject::VersionBitsOutsideMask { .. } => {
+                        error_code::INVALID_NON_ROLLABLE_VERSION_BIT
+                    }
+                    Reject::NtimeOutOfRange { .. } => error_code::INVALID_SHARE,
+                };
+                self.ctx
+                    .record_rejected(Some(&identity), template.as_deref(), reject.code())
+                    .await;
+                return self
+                    .send(&Message::SubmitSharesError {
+                        channel_id,
+                        sequence_number: seq,
+                        error_code: code.into(),
+                    })
+                    .await;
+            }
+        };
+        let Some(template) = template else {
+            return self
+                .send(&Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number: seq,
+                    error_code: error_code::INVALID_JOB_ID.into(),
+                })
+                .await;
+        };
+        let share_target = prepared.share_target;
+        let checked = match self.ctx.verifier.judge(prepared).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "share verification failed");
+                return self
+                    .send(&Message::SubmitSharesError {
+                        channel_id,
+                        sequence_number: seq,
+                        error_code: error_code::INVALID_SHARE.into(),
+                    })
+                    .await;
+            }
+        };
+        if checked.class == ShareClass::BelowTarget {
+            self.ctx
+                .record_rejected(
+                    Some(&identity),
+                    Some(&template),
+                    error_code::DIFFICULTY_TOO_LOW,
+                )
+                .await;
+            return self
+                .send(&Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number: seq,
+                    error_code: error_code::DIFFICULTY_TOO_LOW.into(),
+                })
+                .await;
+        }
+        forward(&template, &checked, &full).await;
+        let mut extra = Vec::new();
+        if checked.class == ShareClass::BlockCandidate {
+            let hash = to_display_hex(&sha256d(&checked.header.serialize()));
+            tracing::info!(coin = %template.coin.as_str(), user = %identity.user, hash = %hash, "block candidate");
+            extra.push(Record::Event(Event::BlockCandidate {
+                coin: template.coin.clone(),
+                epoch: template.epoch,
+                upstream: template.upstream.name.clone(),
+                user: identity.user.clone(),
+                worker: identity.worker.clone(),
+                block_hash: hash,
+                height: None,
+                at_ms: now_ms(),
+            }));
+        }
+        let work = share_target.work();
+        if let Err(e) = self
+            .ctx
+            .record_accepted(&identity, &template, work, late, extra)
+            .await
+        {
+            tracing::error!(error = %e, "outbox write failed; share not acknowledged");
+            return self
+                .send(&Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number: seq,
+                    error_code: "storage-unavailable".into(),
+                })
+                .await;
+        }
+        let shares_sum = (work >> 32).clamp(1, u64::MAX as u128) as u64;
+        self.send(&Message::SubmitSharesSuccess {
+            channel_id,
+            last_sequence_number: seq,
+            new_submits_accepted_count: 1,
+            new_shares_sum: shares_sum,
+        })
+        .await?;
+        let retarget = self
+            .channels
+            .get_mut(&channel_id)
+            .and_then(|c| c.vardiff.record_share(now_ms()));
+        if retarget.is_some() {
+            self.set_target(channel_id).await?;
+            if let Some(t) = self
+                .channels
+                .get(&channel_id)
+                .and_then(|c| c.current.clone())
+            {
+                self.send_job(channel_id, t, false).await?;
+            }
+        }
+        Ok(())
+    }
+}
