@@ -23,6 +23,7 @@ mod http;
 pub mod miner;
 mod miner_sv2;
 pub mod pool;
+mod pool_sv2;
 mod search;
 
 pub use miner::run_miners;

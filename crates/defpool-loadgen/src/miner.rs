@@ -32,16 +32,33 @@ const REQUESTED_VERSION_MASK: u32 = 0x1fff_e000;
 
 /// How long a miner ending a session (run over, reconnect asked) waits for the answers to its
 /// last shares.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
 /// Pause before reconnecting after a lost connection.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Hashes per cooperative batch.
-fn batch(algorithm: Algorithm) -> u32 {
+pub(crate) fn batch(algorithm: Algorithm) -> u32 {
     match algorithm {
         Algorithm::Sha256d => 256,
         Algorithm::Scrypt => 4,
+    }
+}
+
+/// When miner `index` may submit its first share when pacing (spread over one interval).
+pub(crate) fn first_submit(ctx: &Ctx, index: usize) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        + ctx
+            .pace
+            .map(|p| p.mul_f64((index % 1000) as f64 / 1000.0))
+            .unwrap_or_default()
+}
+
+/// After a submission: when the next one may go (no catching up by more than one interval).
+pub(crate) fn paced(ctx: &Ctx, next_submit: &mut tokio::time::Instant) {
+    if let Some(p) = ctx.pace {
+        let now = tokio::time::Instant::now();
+        *next_submit = (*next_submit + p).max(now.checked_sub(p).unwrap_or(now));
     }
 }
 
@@ -162,6 +179,17 @@ impl MinerStats {
                 }
             }
             self.coin = coin.clone();
+        }
+    }
+
+    /// A new block on a channel that cannot see coin tags (SV2 standard): the first one after
+    /// the command counts as the switch.
+    pub fn switch_point(&mut self, ctx: &Ctx) {
+        if let Some(t0) = ctx.switch_at.get() {
+            let now = Instant::now();
+            if self.switch_ms.is_none() && now >= *t0 {
+                self.switch_ms = Some(now.duration_since(*t0).as_secs_f64() * 1e3);
+            }
         }
     }
 
@@ -764,11 +792,7 @@ async fn sv1_session(
     // Set when the session is to end (run over, reconnect asked): the answers to the shares
     // in flight are awaited until the deadline, without hashing.
     let mut closing: Option<(tokio::time::Instant, End)> = None;
-    let mut next_submit = tokio::time::Instant::now()
-        + ctx
-            .pace
-            .map(|p| p.mul_f64((index % 1000) as f64 / 1000.0))
-            .unwrap_or_default();
+    let mut next_submit = first_submit(ctx, index);
     let end = loop {
         if !m.out.is_empty() {
             if let Err(e) = wr.write_all(m.out.as_bytes()).await {
@@ -829,10 +853,7 @@ async fn sv1_session(
                 if let Some(found) = found {
                     if ctx.reserve_share() {
                         m.submit(found, stats);
-                        if let Some(p) = ctx.pace {
-                            let now = tokio::time::Instant::now();
-                            next_submit = (next_submit + p).max(now.checked_sub(p).unwrap_or(now));
-                        }
+                        paced(ctx, &mut next_submit);
                     }
                 }
             }

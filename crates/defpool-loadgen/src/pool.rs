@@ -33,6 +33,9 @@ pub const POOL_VERSION_MASK: u32 = 0x1fff_e000;
 /// Regtest's `nBits`: a very easy network target.
 pub const POOL_NBITS: u32 = 0x207f_ffff;
 
+/// The reject reason of a share that misses its target (the SV2 error code).
+pub(crate) const LOW_DIFFICULTY: &str = "difficulty-too-low";
+
 /// How many jobs a connection keeps for late shares.
 const JOBS_KEPT: usize = 8;
 
@@ -166,6 +169,7 @@ pub(crate) struct PoolState {
     pub opts: PoolOptions,
     pub local_addr: SocketAddr,
     pub started: Instant,
+    pub share_target: Target,
     pub report: Mutex<PoolReport>,
     pub jobs: watch::Receiver<Option<Arc<PoolJob>>>,
     next_extranonce1: AtomicU32,
@@ -190,11 +194,11 @@ impl Refusal {
     pub fn from_reject(r: &Reject) -> Refusal {
         match r {
             Reject::UnknownJob(_) => {
-                Refusal::new(error_code::JOB_NOT_FOUND, "Job not found", "job-not-found")
+                Refusal::new(error_code::JOB_NOT_FOUND, "Job not found", r.code())
             }
-            Reject::StaleJob(_) => Refusal::new(error_code::JOB_NOT_FOUND, "Stale share", "stale"),
+            Reject::StaleJob(_) => Refusal::new(error_code::JOB_NOT_FOUND, "Stale share", r.code()),
             Reject::Duplicate => {
-                Refusal::new(error_code::DUPLICATE_SHARE, "Duplicate share", "duplicate")
+                Refusal::new(error_code::DUPLICATE_SHARE, "Duplicate share", r.code())
             }
             other => Refusal::new(error_code::OTHER, other.to_string(), other.code()),
         }
@@ -204,7 +208,7 @@ impl Refusal {
         Refusal::new(
             error_code::LOW_DIFFICULTY,
             "Low difficulty share",
-            "low-difficulty",
+            LOW_DIFFICULTY,
         )
     }
 }
@@ -285,6 +289,7 @@ pub struct TestPool {
     state: Arc<PoolState>,
     jobs_tx: watch::Sender<Option<Arc<PoolJob>>>,
     maker: JobMaker,
+    authority: Option<crate::pool_sv2::Authority>,
 }
 
 fn validate(opts: &PoolOptions) -> Result<Target, LoadgenError> {
@@ -317,9 +322,14 @@ fn validate(opts: &PoolOptions) -> Result<Target, LoadgenError> {
 impl TestPool {
     pub async fn bind(opts: PoolOptions) -> Result<TestPool, LoadgenError> {
         let share_target = validate(&opts)?;
-        if opts.protocol == PoolProtocol::Sv2 {
-            return Err(LoadgenError::Unsupported("the SV2 test pool"));
+        // A test pool serves as many connections as the miners open.
+        if let Err(e) = crate::raise_fd_limit(20_000) {
+            tracing::warn!(error = %e, "test pool: could not raise the file-descriptor limit");
         }
+        let authority = match opts.protocol {
+            PoolProtocol::Sv1 => None,
+            PoolProtocol::Sv2 => Some(crate::pool_sv2::Authority::new(&opts)?),
+        };
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|e| LoadgenError::io(format!("binding {}", opts.listen), e))?;
@@ -333,6 +343,7 @@ impl TestPool {
             protocol: Some(opts.protocol),
             coin_tag: opts.coin_tag.clone(),
             listen: local_addr.to_string(),
+            authority_public_key: authority.as_ref().map(|a| a.public_key()),
             jobs: 1,
             ..PoolReport::default()
         };
@@ -340,6 +351,7 @@ impl TestPool {
             opts,
             local_addr,
             started: Instant::now(),
+            share_target,
             report: Mutex::new(report),
             jobs,
             next_extranonce1: AtomicU32::new(1),
@@ -349,6 +361,7 @@ impl TestPool {
             state,
             jobs_tx,
             maker,
+            authority,
         })
     }
 
@@ -378,6 +391,7 @@ impl TestPool {
             state,
             jobs_tx,
             mut maker,
+            authority,
         } = self;
         let mut conns = JoinSet::new();
         let mut job_timer = tokio::time::interval(state.opts.job_interval);
@@ -390,7 +404,11 @@ impl TestPool {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        conns.spawn(sv1_connection(stream, state.clone()));
+                        let state = state.clone();
+                        match &authority {
+                            None => conns.spawn(sv1_connection(stream, state)),
+                            Some(a) => conns.spawn(crate::pool_sv2::connection(stream, state, a.clone())),
+                        };
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "test pool: accept failed");

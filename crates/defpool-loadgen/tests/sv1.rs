@@ -277,7 +277,7 @@ async fn malformed_submits_earn_errors_not_disconnects() {
     let report = p.task.await.unwrap();
     assert_eq!(report.shares_accepted, 0);
     assert_eq!(report.shares_rejected_by_reason["malformed"], 2);
-    assert_eq!(report.shares_rejected_by_reason["job-not-found"], 1);
+    assert_eq!(report.shares_rejected_by_reason["invalid-job-id"], 1);
     assert_eq!(report.connections_open, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
