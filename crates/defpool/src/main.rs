@@ -51,6 +51,117 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Load generator: simulated miners that really hash, and a test upstream pool (loopback
+    /// only, bounded in time and count).
+    Loadgen {
+        #[command(subcommand)]
+        command: LoadgenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadgenCommand {
+    /// N simulated miners against a proxy port (or a pool); prints a JSON report.
+    Miners(Box<MinersArgs>),
+    /// A test upstream pool serving valid synthetic work tagged `/coin:<TAG>/`.
+    Pool(Box<PoolArgs>),
+}
+
+#[derive(clap::Args)]
+struct MinersArgs {
+    /// host:port on loopback (a `stratum+tcp://` or `stratum2+tcp://` prefix is accepted).
+    #[arg(long)]
+    url: String,
+    /// sv1, sv1-xnsub, sv2-standard or sv2-extended.
+    #[arg(long, default_value = "sv1")]
+    kind: defpool_loadgen::MinerKind,
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    #[arg(long, default_value = "sha256d")]
+    algorithm: defpool_core::Algorithm,
+    /// `<payout address>[.<worker>]` (miner i appends `.w<i>` without a worker).
+    #[arg(long)]
+    username: String,
+    /// SV1 password, e.g. `d=0.000001` for a fixed test difficulty.
+    #[arg(long, default_value = "x")]
+    password: String,
+    /// Upper bound of the run in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many answered shares.
+    #[arg(long)]
+    max_shares: Option<u64>,
+    /// New connections per second while ramping up (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u32,
+    /// SV2: the proxy's authority public key (base58).
+    #[arg(long)]
+    authority_public_key: Option<String>,
+    /// Negotiate and roll version bits.
+    #[arg(long)]
+    version_rolling: bool,
+    /// Connect and stay idle (memory measurements).
+    #[arg(long)]
+    idle: bool,
+    /// Pace shares to about this many per second in total.
+    #[arg(long)]
+    shares_per_sec: Option<f64>,
+    /// Command a switch after this many seconds: POST `--switch-assignment` to the admin URL.
+    #[arg(long, requires_all = ["admin_url", "switch_assignment"])]
+    switch_at: Option<f64>,
+    #[arg(long)]
+    admin_url: Option<String>,
+    /// The proxy's admin token (or set DEFPOOL_ADMIN_TOKEN, which keeps it out of `ps`).
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// File with the assignment JSON to send.
+    #[arg(long)]
+    switch_assignment: Option<PathBuf>,
+    /// Write the JSON report here (it is printed to stdout as well).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// A progress line on stderr every second.
+    #[arg(long)]
+    progress: bool,
+}
+
+#[derive(clap::Args)]
+struct PoolArgs {
+    /// host:port on loopback.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// sv1 or sv2.
+    #[arg(long, default_value = "sv1")]
+    protocol: defpool_loadgen::PoolProtocol,
+    /// Coin tag written into every coinbase (`/coin:<TAG>/`).
+    #[arg(long)]
+    coin: String,
+    #[arg(long, default_value = "sha256d")]
+    algorithm: defpool_core::Algorithm,
+    /// Share difficulty (stratum convention of the algorithm); default: very easy.
+    #[arg(long)]
+    difficulty: Option<f64>,
+    #[arg(long, default_value_t = 4)]
+    extranonce1_size: usize,
+    #[arg(long, default_value_t = 8)]
+    extranonce2_size: usize,
+    /// Milliseconds between jobs.
+    #[arg(long, default_value_t = 5000)]
+    job_interval_ms: u64,
+    /// SV2 authority key pair, base58 (generated when absent; the public key is printed).
+    #[arg(long, requires = "authority_secret_key")]
+    authority_public_key: Option<String>,
+    #[arg(long)]
+    authority_secret_key: Option<String>,
+    /// Answer mining.configure with an error, as some pools do.
+    #[arg(long)]
+    ignore_configure: bool,
+    /// Write the report as JSON here every second and at shutdown.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// Stop after this many seconds (default: until SIGTERM / Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +267,114 @@ fn main() -> ExitCode {
         Command::Coins { config, network } => coins(config, network),
         Command::Backtest(args) => backtest(&args),
         Command::Proxy { config } => proxy(&config),
+        Command::Loadgen {
+            command: LoadgenCommand::Miners(args),
+        } => loadgen_miners(&args),
+        Command::Loadgen {
+            command: LoadgenCommand::Pool(args),
+        } => loadgen_pool(&args),
+    }
+}
+
+fn loadgen_miners(a: &MinersArgs) -> ExitCode {
+    let url = a.url.split_once("://").map_or(a.url.as_str(), |(_, r)| r);
+    let Ok(url) = url.trim_end_matches('/').parse::<std::net::SocketAddr>() else {
+        eprintln!("defpool loadgen: --url {:?} is not host:port", a.url);
+        return ExitCode::from(2);
+    };
+    let mut o = defpool_loadgen::MinersOptions::new(url, a.kind, a.algorithm);
+    o.count = a.count;
+    o.username = a.username.clone();
+    o.password = a.password.clone();
+    o.duration = std::time::Duration::from_secs_f64(a.duration.max(0.1));
+    o.max_shares = a.max_shares;
+    o.connect_rate_per_sec = a.connect_rate;
+    o.authority_public_key = a.authority_public_key.clone();
+    o.version_rolling = a.version_rolling;
+    o.hash = !a.idle;
+    o.progress = a.progress;
+    o.target_shares_per_sec = a.shares_per_sec;
+    let switch = match (a.switch_at, &a.admin_url, &a.switch_assignment) {
+        (Some(at), Some(admin), Some(file)) => match std::fs::read_to_string(file) {
+            Ok(json) => Some(defpool_loadgen::SwitchPlan {
+                at: std::time::Duration::from_secs_f64(at),
+                admin_url: admin.clone(),
+                token: a
+                    .admin_token
+                    .clone()
+                    .or_else(|| std::env::var("DEFPOOL_ADMIN_TOKEN").ok())
+                    .unwrap_or_default(),
+                assignment_json: json,
+            }),
+            Err(e) => {
+                eprintln!("defpool loadgen: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    init_logging(&defpool_config::LogConfig::default());
+    match runtime().block_on(defpool_loadgen::run_miners(o, switch)) {
+        Ok(report) => {
+            let json = serde_json::to_string_pretty(&report).expect("report serializes");
+            if let Some(path) = &a.report {
+                if let Err(e) = std::fs::write(path, &json) {
+                    eprintln!("defpool loadgen: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            out(&format!("{json}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("defpool loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn loadgen_pool(a: &PoolArgs) -> ExitCode {
+    let mut o = defpool_loadgen::PoolOptions::new(a.listen, a.protocol, &a.coin, a.algorithm);
+    if let Some(d) = a.difficulty {
+        o.difficulty = d;
+    }
+    o.extranonce1_size = a.extranonce1_size;
+    o.extranonce2_size = a.extranonce2_size;
+    o.job_interval = std::time::Duration::from_millis(a.job_interval_ms.max(10));
+    o.authority = a
+        .authority_public_key
+        .clone()
+        .zip(a.authority_secret_key.clone());
+    o.ignore_configure = a.ignore_configure;
+    o.stats_path = a.stats.clone();
+    init_logging(&defpool_config::LogConfig::default());
+    let duration = a.duration;
+    let result = runtime().block_on(async move {
+        let stop = async move {
+            match duration {
+                Some(secs) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs_f64(secs)) => {}
+                        _ = stop_signal() => {}
+                    }
+                }
+                None => stop_signal().await,
+            }
+        };
+        defpool_loadgen::run_pool(o, stop).await
+    });
+    match result {
+        Ok(report) => {
+            out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&report).expect("report serializes")
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("defpool loadgen: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

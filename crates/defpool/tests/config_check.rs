@@ -349,7 +349,10 @@ fn help_lists_only_working_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(commands, ["config", "coins", "backtest", "help"]);
+    assert_eq!(
+        commands,
+        ["config", "coins", "backtest", "proxy", "loadgen", "help"]
+    );
 }
 
 #[test]
