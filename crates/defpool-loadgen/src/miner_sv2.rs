@@ -3,8 +3,11 @@
 //! SetExtranoncePrefix, Reconnect, and shares acknowledged by SubmitShares.Success (batched
 //! acknowledgements are understood).
 //!
-//! Standard channels never see the coinbase: their accepted work is reported as `untagged`,
-//! and a coin switch is noticed at the first SetNewPrevHash after the command.
+//! Standard channels never see the coinbase of a standard job (NewMiningJob): that work is
+//! reported as `untagged`, and a coin switch is noticed at the first SetNewPrevHash after the
+//! command. Extended jobs sent to a standard channel's group are mined with the channel's whole
+//! extranonce as prefix (as the spec asks of standard channels in a group), so their coin tag
+//! is known.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -147,13 +150,14 @@ impl Sv2Miner<'_> {
             },
         };
         if !restart {
-            if self.standard {
+            if work.coin.is_some() || !self.standard {
+                stats.job(self.ctx, &work.coin);
+            } else {
+                // A standard job carries no coinbase: a new block marks the switch.
                 stats.jobs += 1;
                 if new_block {
                     stats.switch_point(self.ctx);
                 }
-            } else {
-                stats.job(self.ctx, &work.coin);
             }
         }
         let seed = ((self.index as u64) << 24) ^ stats.jobs;

@@ -393,6 +393,13 @@ impl TestPool {
             mut maker,
             authority,
         } = self;
+        tracing::info!(
+            listen = %state.local_addr,
+            protocol = ?state.opts.protocol,
+            coin = %state.opts.coin_tag,
+            authority_public_key = authority.as_ref().map(|a| a.public_key()).unwrap_or_default(),
+            "test pool listening"
+        );
         let mut conns = JoinSet::new();
         let mut job_timer = tokio::time::interval(state.opts.job_interval);
         job_timer.reset();
