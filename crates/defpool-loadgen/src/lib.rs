@@ -132,6 +132,9 @@ pub struct MinersOptions {
     /// Pace submissions to about this many shares per second in total (spread evenly over the
     /// miners); `None` = as fast as the CPU finds them.
     pub target_shares_per_sec: Option<f64>,
+    /// SV2: the hashrate announced when opening a channel (hashes/s). 0 leaves the difficulty
+    /// to the server's start value; a server may derive the channel's target from it.
+    pub nominal_hash_rate: f32,
 }
 
 impl MinersOptions {
@@ -152,6 +155,7 @@ impl MinersOptions {
             hash: true,
             progress: false,
             target_shares_per_sec: None,
+            nominal_hash_rate: 0.0,
         }
     }
 }

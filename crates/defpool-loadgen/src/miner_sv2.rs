@@ -176,14 +176,14 @@ impl Sv2Miner<'_> {
                     Message::OpenStandardMiningChannel {
                         request_id: 1,
                         user_identity,
-                        nominal_hash_rate: 1e6,
+                        nominal_hash_rate: self.ctx.opts.nominal_hash_rate,
                         max_target: Target::MAX.to_le_bytes(),
                     }
                 } else {
                     Message::OpenExtendedMiningChannel {
                         request_id: 1,
                         user_identity,
-                        nominal_hash_rate: 1e6,
+                        nominal_hash_rate: self.ctx.opts.nominal_hash_rate,
                         max_target: Target::MAX.to_le_bytes(),
                         min_extranonce_size: MIN_EXTRANONCE,
                     }

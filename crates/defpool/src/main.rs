@@ -106,6 +106,9 @@ struct MinersArgs {
     /// Pace shares to about this many per second in total.
     #[arg(long)]
     shares_per_sec: Option<f64>,
+    /// SV2: hashrate (H/s) announced per channel; 0 leaves the difficulty to the port.
+    #[arg(long, default_value_t = 0.0)]
+    nominal_hash_rate: f32,
     /// Command a switch after this many seconds: POST `--switch-assignment` to the admin URL.
     #[arg(long, requires_all = ["admin_url", "switch_assignment"])]
     switch_at: Option<f64>,
@@ -294,6 +297,7 @@ fn loadgen_miners(a: &MinersArgs) -> ExitCode {
     o.hash = !a.idle;
     o.progress = a.progress;
     o.target_shares_per_sec = a.shares_per_sec;
+    o.nominal_hash_rate = a.nominal_hash_rate;
     let switch = match (a.switch_at, &a.admin_url, &a.switch_assignment) {
         (Some(at), Some(admin), Some(file)) => match std::fs::read_to_string(file) {
             Ok(json) => Some(defpool_loadgen::SwitchPlan {
