@@ -1,0 +1,1221 @@
+//! The proxy's durable share outbox.
+//!
+//! A share is acknowledged to the miner only once the record of it is committed here. The server
+//! later receives the records in [`Batch`]es keyed `(proxy_id, sequence)` and acknowledges each
+//! sequence; only then does the proxy delete the batch. Nothing is ever sealed twice: moving
+//! records from the unbatched table into a batch is one transaction.
+//!
+//! # Storage
+//!
+//! One SQLite file in WAL mode with three tables:
+//!
+//! * `meta` — one row: the owning proxy id, the last sealed and the last acknowledged sequence,
+//!   and persisted counters of credited work (decimal `u128` as TEXT) and shares ever appended
+//!   and ever acknowledged;
+//! * `unbatched(id, body)` — one row per group commit: the (merged) records as JSON;
+//! * `batches(sequence, body, work, shares)` — sealed batches as JSON of [`Batch`], awaiting
+//!   acknowledgement.
+//!
+//! # Durability
+//!
+//! With `synchronous=NORMAL` (the default) a commit is in the WAL file, in the operating system's
+//! page cache, before [`Outbox::append`] resolves: killing the process (`kill -9`, a panic, an
+//! OOM kill) loses nothing that was acknowledged. A power loss or kernel crash may lose the last
+//! commits before the next WAL sync (the database itself stays consistent). Set
+//! [`OutboxOptions::fsync_each_commit`] for `synchronous=FULL`: every commit waits for an fsync
+//! of the WAL, which survives power loss at the price of one fsync per group commit.
+//!
+//! # Group commit
+//!
+//! One writer task owns the write connection. It takes the first append, gathers further appends
+//! arriving within [`OutboxOptions::commit_interval`] (or until
+//! [`OutboxOptions::max_pending_records`] records are pending), merges their records (see
+//! [`merge_records`]), writes them as one row in one transaction, commits, and only then answers
+//! every waiting append. Sealing and acknowledgements go through the same task, so every write
+//! is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
+//! pool of read connections and see committed snapshots.
+//!
+//! Sealing reads, parses and merges the unbatched rows from a read snapshot, the parsing on a
+//! blocking thread, and hands the writer only a short transaction to apply; the writer applies
+//! it only if no other seal came in between. A second of shares at 20,000/s is ~5 MB of JSON:
+//! parsing it inside the writer would stall every append for tens of milliseconds.
+//!
+//! Every write transaction is `BEGIN IMMEDIATE` and reads the counters it updates from `meta`
+//! inside the transaction, so even two processes opening the same file by mistake cannot
+//! corrupt sequences or counters (they would merely contend for the write lock).
+//!
+//! An `append` whose future is dropped after it was queued may still be committed: its shares
+//! are then counted although the miner was not answered, never the other way round.
+
+mod merge;
+
+pub use merge::{credited, merge_records};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use defpool_control::{Batch, ProxyId, Record};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use merge::Merger;
+
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Queued commands before `append` waits for room (backpressure on the miners' side).
+const COMMAND_QUEUE: usize = 16_384;
+
+/// Bytes the WAL file is truncated to after a checkpoint resets it.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Unbatched rows read per query while sealing.
+const SEAL_READ_CHUNK: i64 = 64;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    proxy_id TEXT NOT NULL,
+    last_sequence INTEGER NOT NULL DEFAULT 0,
+    acknowledged_sequence INTEGER NOT NULL DEFAULT 0,
+    appended_work TEXT NOT NULL DEFAULT '0',
+    appended_shares INTEGER NOT NULL DEFAULT 0,
+    acknowledged_work TEXT NOT NULL DEFAULT '0',
+    acknowledged_shares INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS unbatched (
+    id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    sequence INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    work TEXT NOT NULL,
+    shares INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+/// Tuning of an [`Outbox`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxOptions {
+    /// How long the writer gathers appends after the first one before committing them together.
+    /// Zero commits whatever is queued at once.
+    pub commit_interval: Duration,
+    /// Commit early once this many records are pending.
+    pub max_pending_records: usize,
+    /// How often the background task seals unbatched records into batches. Zero disables the
+    /// task (seal with [`Outbox::seal`]).
+    pub seal_interval: Duration,
+    /// At most this many records (after merging) per batch.
+    pub max_batch_records: usize,
+    /// `synchronous=FULL`: fsync the WAL on every commit, so acknowledged shares survive power
+    /// loss too. Off by default: `synchronous=NORMAL` survives a process kill, which is the
+    /// requirement.
+    pub fsync_each_commit: bool,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            commit_interval: Duration::from_millis(2),
+            max_pending_records: 4096,
+            seal_interval: Duration::from_secs(1),
+            max_batch_records: 1000,
+            fsync_each_commit: false,
+        }
+    }
+}
+
+/// Counters of an outbox. Work and shares are *credited* work and shares, counted as
+/// [`Batch::accepted_work`] counts them: accepted plus late (grace-window).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxTotals {
+    /// Work still held: unbatched plus sealed-but-unacknowledged.
+    pub held_work: u128,
+    pub held_shares: u64,
+    /// Work ever appended to this file (persisted, survives restarts).
+    pub appended_work: u128,
+    pub appended_shares: u64,
+    /// Work in batches the server acknowledged (persisted).
+    pub acknowledged_work: u128,
+    pub acknowledged_shares: u64,
+    /// Sequence of the last sealed batch (0: none yet).
+    pub last_sequence: u64,
+    /// Highest sequence the server acknowledged (0: none yet).
+    pub acknowledged_sequence: u64,
+    /// Sealed batches awaiting acknowledgement.
+    pub unacknowledged_batches: u64,
+    /// Group-commit rows not sealed yet.
+    pub unbatched_rows: u64,
+    /// Append transactions committed through this handle since it was opened.
+    pub commits: u64,
+    /// `append` calls answered Ok through this handle since it was opened.
+    pub appends: u64,
+}
+
+/// Why an outbox operation failed. Every variant names the file.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {}: cannot open the database: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    #[error("outbox {}: {operation} failed: {source}", .path.display())]
+    Database {
+        path: PathBuf,
+        operation: &'static str,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    #[error("outbox {} belongs to proxy `{found}`, not `{expected}`", .path.display())]
+    ForeignProxy {
+        path: PathBuf,
+        expected: ProxyId,
+        found: ProxyId,
+    },
+    #[error(
+        "outbox {} has schema version {found}; this build understands version {supported}",
+        .path.display()
+    )]
+    UnsupportedSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("outbox {}: corrupt {what}: {detail}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("outbox {}: cannot encode records: {source}", .path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    #[error(
+        "outbox {}: cannot acknowledge sequence {sequence}: last sealed is {last_sequence}",
+        .path.display()
+    )]
+    AcknowledgeBeyondLast {
+        path: PathBuf,
+        sequence: u64,
+        last_sequence: u64,
+    },
+    #[error("outbox {}: sealing lost the race to other seals {attempts} times", .path.display())]
+    SealContended { path: PathBuf, attempts: u32 },
+    #[error("outbox {} is closed", .path.display())]
+    Closed { path: PathBuf },
+}
+
+/// Handle to a durable outbox. Cheap to clone; the writer and the sealing timer stop when the
+/// last handle is dropped or [`Outbox::close`] is called.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ctx: Arc<Ctx>,
+    commands: mpsc::Sender<Command>,
+    reader: SqlitePool,
+    stats: Arc<Stats>,
+    sealed: watch::Receiver<u64>,
+    sealer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut sealer) = self.sealer.lock() {
+            if let Some(task) = sealer.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    commits: AtomicU64,
+    appends: AtomicU64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
+
+#[derive(Debug)]
+enum Command {
+    Append {
+        records: Vec<Record>,
+        done: Reply<()>,
+    },
+    Seal {
+        prepared: Box<PreparedSeal>,
+        done: Reply<SealOutcome>,
+    },
+    Acknowledge {
+        sequence: u64,
+        done: Reply<()>,
+    },
+    Close {
+        done: Reply<()>,
+    },
+}
+
+impl Outbox {
+    /// Opens (creating if missing) the outbox at `path` for `proxy_id`, and starts the writer
+    /// and, unless [`OutboxOptions::seal_interval`] is zero, the sealing timer. Must be called
+    /// within a Tokio runtime.
+    pub async fn open(
+        path: &Path,
+        proxy_id: ProxyId,
+        opts: OutboxOptions,
+    ) -> Result<Outbox, OutboxError> {
+        let path = path.to_path_buf();
+        let connect = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if opts.fsync_each_commit {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            // After a checkpoint resets it, the WAL file is cut back to this size.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+        let open_err = |e: sqlx::Error| OutboxError::Open {
+            path: path.clone(),
+            source: Arc::new(e),
+        };
+
+        let timer = !opts.seal_interval.is_zero();
+        let mut conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(open_err)?;
+        let ctx = Arc::new(Ctx {
+            path: path.clone(),
+            proxy_id,
+            max_batch_records: opts.max_batch_records.max(1),
+            seal_turn: tokio::sync::Mutex::new(()),
+        });
+        let last_sequence = prepare(&mut conn, &ctx).await?;
+
+        let reader = SqlitePoolOptions::new()
+            .min_connections(0)
+            .max_connections(2)
+            .connect_with(connect.create_if_missing(false))
+            .await
+            .map_err(open_err)?;
+
+        let stats = Arc::new(Stats::default());
+        let (sealed_tx, sealed) = watch::channel(last_sequence);
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let writer = Writer {
+            conn,
+            ctx: ctx.clone(),
+            stats: stats.clone(),
+            sealed: sealed_tx,
+            commit_interval: opts.commit_interval,
+            max_pending_records: opts.max_pending_records.max(1),
+        };
+        tokio::spawn(writer.run(rx));
+
+        let sealer = timer.then(|| {
+            tokio::spawn(run_sealer(
+                commands.downgrade(),
+                reader.clone(),
+                ctx.clone(),
+                opts.seal_interval,
+            ))
+        });
+
+        Ok(Outbox {
+            inner: Arc::new(Inner {
+                ctx,
+                commands,
+                reader,
+                stats,
+                sealed,
+                sealer: Mutex::new(sealer),
+            }),
+        })
+    }
+
+    /// The file this outbox lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.ctx.path
+    }
+
+    pub fn proxy_id(&self) -> &ProxyId {
+        &self.inner.ctx.proxy_id
+    }
+
+    /// Durable append: resolves only after the records are committed. Appends arriving within
+    /// the commit interval share one transaction; their work records are merged first.
+    pub async fn append(&self, records: Vec<Record>) -> Result<(), OutboxError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.call(|done| Command::Append { records, done }).await
+    }
+
+    /// Seals committed-but-unbatched records (at most `max_batch_records` after merging, oldest
+    /// first) into the next batch, `sequence` one above the last, in one transaction that also
+    /// removes them from the unbatched table. `None` if nothing was waiting.
+    ///
+    /// The records are read, parsed and merged from a read snapshot off the writer (the
+    /// parsing on a blocking thread), so appends keep committing meanwhile; the writer then
+    /// applies the result in a short transaction, provided no other seal came in between
+    /// (otherwise the preparation is repeated).
+    pub async fn seal(&self) -> Result<Option<Batch>, OutboxError> {
+        seal_with(&self.inner.reader, &self.inner.ctx, &self.inner.commands).await
+    }
+
+    /// Sealed batches not yet acknowledged, in sequence order, at most `limit`.
+    pub async fn unacknowledged(&self, limit: usize) -> Result<Vec<Batch>, OutboxError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query("SELECT sequence, body FROM batches ORDER BY sequence LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(self.db("reading unacknowledged batches"))?;
+        rows.iter()
+            .map(|row| {
+                let body: String = get(row, 1, &self.inner.ctx.path, "batch row")?;
+                serde_json::from_str::<Batch>(&body).map_err(|e| OutboxError::Corrupt {
+                    path: self.inner.ctx.path.clone(),
+                    what: "batch body",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The server acknowledged `sequence`: deletes it and every batch below it. Acknowledging
+    /// a sequence again (or a lower one) does nothing. A sequence above the last sealed one is
+    /// an error: it means the server and this file disagree about history.
+    pub async fn acknowledge(&self, sequence: u64) -> Result<(), OutboxError> {
+        self.call(|done| Command::Acknowledge { sequence, done })
+            .await
+    }
+
+    /// Counters, read from one committed snapshot (plus this handle's commit statistics).
+    pub async fn totals(&self) -> Result<OutboxTotals, OutboxError> {
+        let path = &self.inner.ctx.path;
+        let mut tx = self
+            .inner
+            .reader
+            .begin()
+            .await
+            .map_err(self.db("beginning a read"))?;
+        let meta = read_meta(&mut tx, path).await?;
+        let unbatched: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM unbatched")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(self.db("counting unbatched rows"))?;
+        let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batches")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(self.db("counting batches"))?;
+        tx.commit().await.map_err(self.db("ending a read"))?;
+        let inconsistent = |what, a: u128, b: u128| {
+            corrupt(path, what, format!("acknowledged {b} exceeds appended {a}"))
+        };
+        let held_work = meta
+            .appended_work
+            .checked_sub(meta.acknowledged_work)
+            .ok_or_else(|| {
+                inconsistent("work counters", meta.appended_work, meta.acknowledged_work)
+            })?;
+        let held_shares = meta
+            .appended_shares
+            .checked_sub(meta.acknowledged_shares)
+            .ok_or_else(|| {
+                inconsistent(
+                    "share counters",
+                    meta.appended_shares.into(),
+                    meta.acknowledged_shares.into(),
+                )
+            })?;
+        Ok(OutboxTotals {
+            held_work,
+            held_shares,
+            appended_work: meta.appended_work,
+            appended_shares: meta.appended_shares,
+            acknowledged_work: meta.acknowledged_work,
+            acknowledged_shares: meta.acknowledged_shares,
+            last_sequence: meta.last_sequence,
+            acknowledged_sequence: meta.acknowledged_sequence,
+            unacknowledged_batches: count(batches),
+            unbatched_rows: count(unbatched),
+            commits: self.inner.stats.commits.load(Ordering::Relaxed),
+            appends: self.inner.stats.appends.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The last sealed sequence; changes whenever a batch is sealed, so a sender can wait on it
+    /// instead of polling [`Outbox::unacknowledged`].
+    pub fn sealed(&self) -> watch::Receiver<u64> {
+        self.inner.sealed.clone()
+    }
+
+    /// Stops the sealing timer, commits every append queued before this call, checkpoints the
+    /// WAL into the database file and closes it. Other handles still alive get
+    /// [`OutboxError::Closed`] afterwards.
+    pub async fn close(self) -> Result<(), OutboxError> {
+        let sealer = self.inner.sealer.lock().ok().and_then(|mut s| s.take());
+        if let Some(task) = sealer {
+            task.abort();
+        }
+        self.inner.reader.close().await;
+        self.call(|done| Command::Close { done }).await
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, OutboxError> {
+        send_command(&self.inner.commands, &self.inner.ctx.path, command).await
+    }
+
+    fn db(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> OutboxError + '_ {
+        db_err(&self.inner.ctx.path, operation)
+    }
+}
+
+/// Sends a command to the writer and waits for its answer.
+async fn send_command<T>(
+    commands: &mpsc::Sender<Command>,
+    path: &Path,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, OutboxError> {
+    let (done, answer) = oneshot::channel();
+    let closed = || OutboxError::Closed {
+        path: path.to_path_buf(),
+    };
+    commands.send(command(done)).await.map_err(|_| closed())?;
+    answer.await.map_err(|_| closed())?
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn db_err<'a>(
+    path: &'a Path,
+    operation: &'static str,
+) -> impl FnOnce(sqlx::Error) -> OutboxError + 'a {
+    move |e| OutboxError::Database {
+        path: path.to_path_buf(),
+        operation,
+        source: Arc::new(e),
+    }
+}
+
+fn get<'r, T>(
+    row: &'r sqlx::sqlite::SqliteRow,
+    index: usize,
+    path: &Path,
+    what: &'static str,
+) -> Result<T, OutboxError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(index).map_err(|e| OutboxError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn corrupt(path: &Path, what: &'static str, detail: impl ToString) -> OutboxError {
+    OutboxError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+fn parse_work(path: &Path, what: &'static str, s: &str) -> Result<u128, OutboxError> {
+    s.parse()
+        .map_err(|e| corrupt(path, what, format!("`{s}`: {e}")))
+}
+
+fn to_u64(path: &Path, what: &'static str, v: i64) -> Result<u64, OutboxError> {
+    u64::try_from(v).map_err(|_| corrupt(path, what, format!("negative value {v}")))
+}
+
+fn to_i64(path: &Path, what: &'static str, v: u64) -> Result<i64, OutboxError> {
+    i64::try_from(v).map_err(|_| corrupt(path, what, format!("{v} exceeds the storable range")))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the writer, the sealing and the migration need to know about the file.
+#[derive(Debug)]
+struct Ctx {
+    path: PathBuf,
+    proxy_id: ProxyId,
+    max_batch_records: usize,
+    /// One seal prepared at a time: seals prepared side by side from one snapshot would all but
+    /// one go stale, and could starve each other.
+    seal_turn: tokio::sync::Mutex<()>,
+}
+
+/// The `meta` row.
+#[derive(Debug)]
+struct Meta {
+    last_sequence: u64,
+    acknowledged_sequence: u64,
+    appended_work: u128,
+    appended_shares: u64,
+    acknowledged_work: u128,
+    acknowledged_shares: u64,
+}
+
+async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, OutboxError> {
+    let row = sqlx::query(
+        "SELECT last_sequence, acknowledged_sequence, appended_work, appended_shares, \
+         acknowledged_work, acknowledged_shares FROM meta WHERE id = 1",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err(path, "reading the meta row"))?;
+    let int =
+        |i, what| -> Result<u64, OutboxError> { to_u64(path, what, get(&row, i, path, what)?) };
+    let work = |i, what| -> Result<u128, OutboxError> {
+        let s: String = get(&row, i, path, what)?;
+        parse_work(path, what, &s)
+    };
+    Ok(Meta {
+        last_sequence: int(0, "meta.last_sequence")?,
+        acknowledged_sequence: int(1, "meta.acknowledged_sequence")?,
+        appended_work: work(2, "meta.appended_work")?,
+        appended_shares: int(3, "meta.appended_shares")?,
+        acknowledged_work: work(4, "meta.acknowledged_work")?,
+        acknowledged_shares: int(5, "meta.acknowledged_shares")?,
+    })
+}
+
+/// Creates the schema if the file is new, checks its version and owner. Returns the last
+/// sealed sequence.
+async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxError> {
+    let path = &ctx.path;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err(path, "reading the journal mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            "outbox is not in WAL mode (unsupported file system?); commits stay durable but slower"
+        );
+    }
+
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_err(path, "beginning the schema check"))?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err(path, "reading the schema version"))?;
+    match version {
+        0 => {
+            sqlx::raw_sql(SCHEMA)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "creating the schema"))?;
+            sqlx::query("INSERT OR IGNORE INTO meta (id, proxy_id) VALUES (1, ?)")
+                .bind(&ctx.proxy_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "writing the meta row"))?;
+        }
+        SCHEMA_VERSION => {}
+        found => {
+            return Err(OutboxError::UnsupportedSchema {
+                path: path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            })
+        }
+    }
+    let owner: String = sqlx::query_scalar("SELECT proxy_id FROM meta WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err(path, "reading the owner"))?;
+    if owner != ctx.proxy_id.0 {
+        return Err(OutboxError::ForeignProxy {
+            path: path.clone(),
+            expected: ctx.proxy_id.clone(),
+            found: ProxyId(owner),
+        });
+    }
+    let meta = read_meta(&mut tx, path).await?;
+    tx.commit()
+        .await
+        .map_err(db_err(path, "committing the schema"))?;
+    Ok(meta.last_sequence)
+}
+
+/// Owns the write connection; every write goes through [`Writer::run`].
+struct Writer {
+    conn: SqliteConnection,
+    ctx: Arc<Ctx>,
+    stats: Arc<Stats>,
+    sealed: watch::Sender<u64>,
+    commit_interval: Duration,
+    max_pending_records: usize,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut carried: Option<Command> = None;
+        loop {
+            let command = match carried.take() {
+                Some(c) => c,
+                None => match rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Append { records, done } => {
+                    let (group, next) = self.gather(&mut rx, records, done).await;
+                    carried = next;
+                    self.commit_group(group).await;
+                }
+                Command::Seal { prepared, done } => {
+                    let _ = done.send(self.apply_seal(*prepared).await);
+                }
+                Command::Acknowledge { sequence, done } => {
+                    let _ = done.send(self.acknowledge(sequence).await);
+                }
+                Command::Close { done } => {
+                    let _ = done.send(self.close().await);
+                    return;
+                }
+            }
+        }
+        // Every handle is gone: nothing can be pending. Close quietly.
+        if let Err(e) = self.close().await {
+            tracing::warn!(error = %e, "closing the outbox");
+        }
+    }
+
+    /// Collects appends after the first until the commit interval has passed since it arrived
+    /// or enough records are pending. A different command ends the group and is handed back.
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<Command>,
+        records: Vec<Record>,
+        done: Reply<()>,
+    ) -> (Vec<(Vec<Record>, Reply<()>)>, Option<Command>) {
+        let deadline = Instant::now() + self.commit_interval;
+        let mut pending = records.len();
+        let mut group = vec![(records, done)];
+        while pending < self.max_pending_records {
+            let next = match rx.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(c)) => c,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            match next {
+                Command::Append { records, done } => {
+                    pending += records.len();
+                    group.push((records, done));
+                }
+                other => return (group, Some(other)),
+            }
+        }
+        (group, None)
+    }
+
+    async fn commit_group(&mut self, mut group: Vec<(Vec<Record>, Reply<()>)>) {
+        let mut merger = Merger::unlimited();
+        for (records, _) in &mut group {
+            for r in std::mem::take(records) {
+                if merger.push(r).is_some() {
+                    unreachable!("an unlimited merger takes every record");
+                }
+            }
+        }
+        let result = self.write_append(merger.into_records()).await;
+        if result.is_ok() {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .appends
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, appends = group.len(), "outbox commit failed");
+        }
+        for (_, done) in group {
+            let _ = done.send(result.clone());
+        }
+    }
+
+    /// One transaction: one row of records, the appended counters.
+    async fn write_append(&mut self, records: Vec<Record>) -> Result<(), OutboxError> {
+        let path = &self.ctx.path;
+        let (work, shares) = credited(&records);
+        let body = serde_json::to_string(&records).map_err(|e| OutboxError::Encode {
+            path: path.clone(),
+            source: Arc::new(e),
+        })?;
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(path, "beginning an append"))?;
+        let row = sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(path, "reading the appended counters"))?;
+        let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
+        let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
+        let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
+        let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
+        sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(path, "inserting records"))?;
+        sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
+            .bind(appended_work.saturating_add(work).to_string())
+            .bind(to_i64(
+                path,
+                "meta.appended_shares",
+                appended_shares.saturating_add(shares),
+            )?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(path, "updating the appended counters"))?;
+        tx.commit()
+            .await
+            .map_err(db_err(path, "committing an append"))
+    }
+
+    /// Applies a seal prepared from a snapshot, if nothing was sealed since that snapshot.
+    async fn apply_seal(&mut self, prepared: PreparedSeal) -> Result<SealOutcome, OutboxError> {
+        let path = &self.ctx.path;
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(path, "beginning a seal"))?;
+        let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(path, "reading the last sequence"))?;
+        if to_u64(path, "meta.last_sequence", last)? != prepared.last_sequence {
+            tx.rollback()
+                .await
+                .map_err(db_err(path, "ending a stale seal"))?;
+            return Ok(SealOutcome::Stale);
+        }
+        // Only a seal deletes or rewrites unbatched rows, and none happened since the snapshot
+        // (the sequence is unchanged), so these rows are exactly the ones prepared. Checked
+        // anyway: a mismatch means "prepare again", never a double seal.
+        if let Some(through) = prepared.consumed_through {
+            let deleted = sqlx::query("DELETE FROM unbatched WHERE id <= ?")
+                .bind(through)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "removing sealed records"))?
+                .rows_affected();
+            if deleted != prepared.consumed_rows {
+                tx.rollback()
+                    .await
+                    .map_err(db_err(path, "ending a stale seal"))?;
+                return Ok(SealOutcome::Stale);
+            }
+        }
+        if let Some((id, body)) = prepared.partial {
+            let updated = sqlx::query("UPDATE unbatched SET body = ? WHERE id = ?")
+                .bind(body)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "keeping the records left over"))?
+                .rows_affected();
+            if updated != 1 {
+                tx.rollback()
+                    .await
+                    .map_err(db_err(path, "ending a stale seal"))?;
+                return Ok(SealOutcome::Stale);
+            }
+        }
+        let Some(sealed) = prepared.batch else {
+            // Only empty rows were found (never written by this build); they are gone now.
+            tx.commit()
+                .await
+                .map_err(db_err(path, "committing a seal"))?;
+            return Ok(SealOutcome::Sealed(None));
+        };
+        let sequence = sealed.batch.sequence;
+        let seq_i64 = to_i64(path, "batch sequence", sequence)?;
+        sqlx::query("INSERT INTO batches (sequence, body, work, shares) VALUES (?, ?, ?, ?)")
+            .bind(seq_i64)
+            .bind(sealed.body)
+            .bind(sealed.work.to_string())
+            .bind(to_i64(path, "batch shares", sealed.shares)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(path, "inserting a batch"))?;
+        sqlx::query("UPDATE meta SET last_sequence = ? WHERE id = 1")
+            .bind(seq_i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(path, "advancing the sequence"))?;
+        tx.commit()
+            .await
+            .map_err(db_err(path, "committing a seal"))?;
+        self.sealed.send_replace(sequence);
+        Ok(SealOutcome::Sealed(Some(sealed.batch)))
+    }
+
+    async fn acknowledge(&mut self, sequence: u64) -> Result<(), OutboxError> {
+        let path = &self.ctx.path;
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(path, "beginning an acknowledgement"))?;
+        let meta = read_meta(&mut tx, path).await?;
+        if sequence > meta.last_sequence {
+            tx.rollback()
+                .await
+                .map_err(db_err(path, "ending a refused acknowledgement"))?;
+            return Err(OutboxError::AcknowledgeBeyondLast {
+                path: path.clone(),
+                sequence,
+                last_sequence: meta.last_sequence,
+            });
+        }
+        if sequence <= meta.acknowledged_sequence {
+            tx.rollback()
+                .await
+                .map_err(db_err(path, "ending a repeated acknowledgement"))?;
+            return Ok(());
+        }
+        let seq_i64 = to_i64(path, "acknowledged sequence", sequence)?;
+        let rows = sqlx::query("SELECT work, shares FROM batches WHERE sequence <= ?")
+            .bind(seq_i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(path, "reading acknowledged batches"))?;
+        let (mut work, mut shares) = (0u128, 0u64);
+        for row in &rows {
+            let w: String = get(row, 0, path, "batches.work")?;
+            work = work.saturating_add(parse_work(path, "batches.work", &w)?);
+            let s: i64 = get(row, 1, path, "batches.shares")?;
+            shares = shares.saturating_add(to_u64(path, "batches.shares", s)?);
+        }
+        sqlx::query("DELETE FROM batches WHERE sequence <= ?")
+            .bind(seq_i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(path, "deleting acknowledged batches"))?;
+        sqlx::query(
+            "UPDATE meta SET acknowledged_sequence = ?, acknowledged_work = ?, \
+             acknowledged_shares = ? WHERE id = 1",
+        )
+        .bind(seq_i64)
+        .bind(meta.acknowledged_work.saturating_add(work).to_string())
+        .bind(to_i64(
+            path,
+            "meta.acknowledged_shares",
+            meta.acknowledged_shares.saturating_add(shares),
+        )?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(path, "updating the acknowledged counters"))?;
+        tx.commit()
+            .await
+            .map_err(db_err(path, "committing an acknowledgement"))
+    }
+
+    /// Checkpoints the WAL into the main file and closes the connection.
+    async fn close(self) -> Result<(), OutboxError> {
+        let Writer { mut conn, ctx, .. } = self;
+        let path = &ctx.path;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await
+            .map_err(db_err(path, "checkpointing"))?;
+        conn.close().await.map_err(db_err(path, "closing"))
+    }
+}
+
+/// Seals every `interval`, and keeps sealing while batches come out full, so a backlog drains.
+/// Then runs a PASSIVE WAL checkpoint from a read connection, concurrently with commits: the
+/// writer's automatic checkpoint (which runs inside a commit, stalling the appends waiting on
+/// it) then finds most pages already copied. Holds only a weak sender: it never keeps the
+/// writer alive.
+async fn run_sealer(
+    commands: mpsc::WeakSender<Command>,
+    reader: SqlitePool,
+    ctx: Arc<Ctx>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        loop {
+            let Some(sender) = commands.upgrade() else {
+                return;
+            };
+            let result = seal_with(&reader, &ctx, &sender).await;
+            drop(sender);
+            match result {
+                Ok(Some(batch)) if batch.records.len() >= ctx.max_batch_records => continue,
+                Ok(_) => break,
+                Err(OutboxError::Closed { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sealing the outbox failed; retrying next tick");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&reader)
+            .await
+        {
+            tracing::warn!(
+                path = %ctx.path.display(),
+                error = %e,
+                "checkpointing the outbox WAL failed; retrying next tick"
+            );
+        }
+    }
+}
+
+/// How often a seal is prepared again after losing the race to another seal.
+const SEAL_ATTEMPTS: u32 = 16;
+
+/// A seal computed from a read snapshot, for the writer to apply.
+#[derive(Debug)]
+struct PreparedSeal {
+    /// The last sequence in the snapshot; the seal applies only if it is still the last.
+    last_sequence: u64,
+    /// Rows with an id up to this one went into the batch entirely…
+    consumed_through: Option<i64>,
+    /// …and there were this many of them.
+    consumed_rows: u64,
+    /// A row only partly taken: its id and the JSON of the records left over.
+    partial: Option<(i64, String)>,
+    batch: Option<SealedBatch>,
+}
+
+#[derive(Debug)]
+struct SealedBatch {
+    batch: Batch,
+    body: String,
+    work: u128,
+    shares: u64,
+}
+
+#[derive(Debug)]
+enum SealOutcome {
+    Sealed(Option<Batch>),
+    /// Another seal came in between: prepare again.
+    Stale,
+}
+
+async fn seal_with(
+    reader: &SqlitePool,
+    ctx: &Arc<Ctx>,
+    commands: &mpsc::Sender<Command>,
+) -> Result<Option<Batch>, OutboxError> {
+    let _turn = ctx.seal_turn.lock().await;
+    // Within this process seals take turns, so a stale preparation means another process has
+    // the same file open (a misconfiguration, but one that must not corrupt anything).
+    for _ in 0..SEAL_ATTEMPTS {
+        let Some(prepared) = prepare_seal(reader, ctx).await? else {
+            return Ok(None);
+        };
+        let prepared = Box::new(prepared);
+        match send_command(commands, &ctx.path, |done| Command::Seal { prepared, done }).await? {
+            SealOutcome::Sealed(batch) => return Ok(batch),
+            SealOutcome::Stale => continue,
+        }
+    }
+    Err(OutboxError::SealContended {
+        path: ctx.path.clone(),
+        attempts: SEAL_ATTEMPTS,
+    })
+}
+
+/// Merging state of a seal being prepared.
+struct SealScan {
+    merger: Merger,
+    consumed_through: Option<i64>,
+    consumed_rows: u64,
+    partial: Option<(i64, Vec<Record>)>,
+}
+
+impl SealScan {
+    /// Feeds rows in id order until the batch is full.
+    fn feed(&mut self, rows: Vec<(i64, String)>, path: &Path) -> Result<(), OutboxError> {
+        for (id, body) in rows {
+            let records: Vec<Record> = serde_json::from_str(&body)
+                .map_err(|e| corrupt(path, "unbatched records", format!("row {id}: {e}")))?;
+            let mut records = records.into_iter();
+            while let Some(r) = records.next() {
+                if let Some(r) = self.merger.push(r) {
+                    let mut rest = vec![r];
+                    rest.extend(records);
+                    self.partial = Some((id, rest));
+                    return Ok(());
+                }
+            }
+            self.consumed_through = Some(id);
+            self.consumed_rows += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Runs CPU-bound work (JSON of up to a second of shares) off the async workers.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OutboxError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(OutboxError::Closed {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Reads the unbatched rows from one snapshot, oldest first, and merges them into at most
+/// `max_batch_records` records. `None` if there is nothing to seal.
+async fn prepare_seal(
+    reader: &SqlitePool,
+    ctx: &Arc<Ctx>,
+) -> Result<Option<PreparedSeal>, OutboxError> {
+    let path = &ctx.path;
+    let mut tx = reader
+        .begin()
+        .await
+        .map_err(db_err(path, "beginning a seal read"))?;
+    let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM meta WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err(path, "reading the last sequence"))?;
+    let last_sequence = to_u64(path, "meta.last_sequence", last)?;
+    let mut scan = SealScan {
+        merger: Merger::with_limit(ctx.max_batch_records),
+        consumed_through: None,
+        consumed_rows: 0,
+        partial: None,
+    };
+    let mut after_id = 0i64;
+    while scan.partial.is_none() {
+        let rows = sqlx::query("SELECT id, body FROM unbatched WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after_id)
+            .bind(SEAL_READ_CHUNK)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(path, "reading unbatched records"))?;
+        let Some(last_row) = rows.last() else {
+            break;
+        };
+        after_id = get(last_row, 0, path, "unbatched row id")?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    get::<i64>(row, 0, path, "unbatched row id")?,
+                    get::<String>(row, 1, path, "unbatched row")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, OutboxError>>()?;
+        let p = path.clone();
+        let (s, result) = blocking(path, move || {
+            let mut scan = scan;
+            let result = scan.feed(rows, &p);
+            (scan, result)
+        })
+        .await?;
+        scan = s;
+        result?;
+    }
+    tx.rollback()
+        .await
+        .map_err(db_err(path, "ending a seal read"))?;
+    if scan.consumed_rows == 0 && scan.partial.is_none() {
+        return Ok(None);
+    }
+
+    let ctx = ctx.clone();
+    blocking(path, move || {
+        let path = &ctx.path;
+        let encode = |e| OutboxError::Encode {
+            path: path.clone(),
+            source: Arc::new(e),
+        };
+        let partial = match scan.partial {
+            Some((id, rest)) => Some((id, serde_json::to_string(&rest).map_err(encode)?)),
+            None => None,
+        };
+        let batch = if scan.merger.is_empty() {
+            None
+        } else {
+            let batch = Batch {
+                proxy_id: ctx.proxy_id.clone(),
+                sequence: last_sequence + 1,
+                created_at_ms: now_ms(),
+                records: scan.merger.into_records(),
+            };
+            let (work, shares) = credited(&batch.records);
+            let body = serde_json::to_string(&batch).map_err(encode)?;
+            Some(SealedBatch {
+                batch,
+                body,
+                work,
+                shares,
+            })
+        };
+        Ok(Some(PreparedSeal {
+            last_sequence,
+            consumed_through: scan.consumed_through,
+            consumed_rows: scan.consumed_rows,
+            partial,
+            batch,
+        }))
+    })
+    .await?
+}

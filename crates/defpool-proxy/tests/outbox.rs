@@ -1,0 +1,680 @@
+//! The durable share outbox: sequences, group commit, sealing, acknowledgement, and kill -9.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use defpool_control::{Batch, ProxyId, Record, UserRecord, WorkRecord};
+use defpool_core::Ticker;
+use defpool_proxy::outbox::{credited, Outbox, OutboxError, OutboxOptions};
+
+/// A fresh directory for one test's database, removed afterwards.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new(name: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "defpool-outbox-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDb(dir)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.join("outbox.sqlite")
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn proxy() -> ProxyId {
+    ProxyId("proxy-eu-1".into())
+}
+
+/// Sealing only when a test asks.
+fn manual() -> OutboxOptions {
+    OutboxOptions {
+        seal_interval: Duration::ZERO,
+        ..OutboxOptions::default()
+    }
+}
+
+fn work(worker: &str, accepted_work: u128) -> Record {
+    Record::Work(WorkRecord {
+        user: "bc1qalice".into(),
+        worker: worker.into(),
+        coin: Ticker::try_from("BTC".to_string()).unwrap(),
+        epoch: 4,
+        upstream: "pool-a".into(),
+        accepted_work,
+        accepted_shares: 1,
+        late_work: 0,
+        late_shares: 0,
+        rejected: BTreeMap::new(),
+        from_ms: 1_000,
+        to_ms: 1_001,
+    })
+}
+
+fn user(name: &str) -> Record {
+    Record::User(UserRecord {
+        user: name.into(),
+        payout_address: None,
+        first_seen_ms: 1,
+    })
+}
+
+fn user_names(batches: &[Batch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| &b.records)
+        .filter_map(|r| match r {
+            Record::User(u) => Some(u.user.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn seal_all(outbox: &Outbox) -> Vec<Batch> {
+    let mut out = Vec::new();
+    while let Some(b) = outbox.seal().await.unwrap() {
+        out.push(b);
+    }
+    out
+}
+
+fn sequences(batches: &[Batch]) -> Vec<u64> {
+    batches.iter().map(|b| b.sequence).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_sequences_acknowledgement_and_reopen() {
+    let db = TempDb::new("roundtrip");
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    assert!(
+        outbox.seal().await.unwrap().is_none(),
+        "nothing to seal yet"
+    );
+    assert_eq!(outbox.totals().await.unwrap().last_sequence, 0);
+
+    outbox
+        .append(vec![work("rig1", 100), user("alice"), work("rig1", 50)])
+        .await
+        .unwrap();
+    outbox.append(Vec::new()).await.unwrap();
+    let t = outbox.totals().await.unwrap();
+    assert_eq!((t.appended_work, t.appended_shares), (150, 2));
+    assert_eq!((t.held_work, t.held_shares), (150, 2));
+    assert_eq!((t.commits, t.appends, t.unbatched_rows), (1, 1, 1));
+
+    let b1 = outbox.seal().await.unwrap().expect("a batch");
+    assert_eq!(b1.sequence, 1);
+    assert_eq!(b1.proxy_id, proxy());
+    assert_eq!(b1.records.len(), 2, "the two rig1 records were merged");
+    assert_eq!(b1.accepted_work(), 150);
+    assert!(outbox.seal().await.unwrap().is_none());
+
+    outbox.append(vec![work("rig2", 7)]).await.unwrap();
+    let b2 = outbox.seal().await.unwrap().unwrap();
+    assert_eq!(b2.sequence, 2);
+    assert_eq!(
+        outbox.unacknowledged(10).await.unwrap(),
+        vec![b1, b2.clone()]
+    );
+    assert_eq!(sequences(&outbox.unacknowledged(1).await.unwrap()), [1]);
+    let t = outbox.totals().await.unwrap();
+    assert_eq!(
+        (t.last_sequence, t.unacknowledged_batches, t.unbatched_rows),
+        (2, 2, 0)
+    );
+
+    outbox.acknowledge(1).await.unwrap();
+    outbox.acknowledge(1).await.unwrap();
+    outbox.acknowledge(0).await.unwrap();
+    assert_eq!(outbox.unacknowledged(10).await.unwrap(), vec![b2]);
+    match outbox.acknowledge(3).await {
+        Err(OutboxError::AcknowledgeBeyondLast {
+            sequence: 3,
+            last_sequence: 2,
+            ..
+        }) => {}
+        other => panic!("expected AcknowledgeBeyondLast, got {other:?}"),
+    }
+    let t = outbox.totals().await.unwrap();
+    assert_eq!(t.acknowledged_sequence, 1);
+    assert_eq!((t.acknowledged_work, t.acknowledged_shares), (150, 2));
+    assert_eq!((t.held_work, t.held_shares), (7, 1));
+
+    outbox.append(vec![work("rig3", 1_000)]).await.unwrap();
+    outbox.close().await.unwrap();
+
+    // Reopen: counters persisted, the sequence continues, the unbatched row is still there.
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    let t = outbox.totals().await.unwrap();
+    assert_eq!((t.appended_work, t.appended_shares), (1_157, 4));
+    assert_eq!(
+        (t.held_work, t.last_sequence, t.unbatched_rows),
+        (1_007, 2, 1)
+    );
+    assert_eq!(
+        (t.commits, t.appends),
+        (0, 0),
+        "per-handle statistics start afresh"
+    );
+    let b3 = outbox.seal().await.unwrap().unwrap();
+    assert_eq!(b3.sequence, 3);
+    assert_eq!(sequences(&outbox.unacknowledged(10).await.unwrap()), [2, 3]);
+    outbox.acknowledge(3).await.unwrap();
+    assert!(outbox.unacknowledged(10).await.unwrap().is_empty());
+    let t = outbox.totals().await.unwrap();
+    assert_eq!((t.held_work, t.held_shares), (0, 0));
+    assert_eq!(t.acknowledged_work, t.appended_work);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_of_another_proxy_is_refused() {
+    let db = TempDb::new("foreign");
+    Outbox::open(&db.path(), proxy(), manual())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let err = Outbox::open(&db.path(), ProxyId("proxy-us-2".into()), manual())
+        .await
+        .unwrap_err();
+    match &err {
+        OutboxError::ForeignProxy {
+            expected, found, ..
+        } => {
+            assert_eq!(expected.0, "proxy-us-2");
+            assert_eq!(found, &proxy());
+        }
+        other => panic!("expected ForeignProxy, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("outbox.sqlite"), "{message}");
+    assert!(message.contains("proxy-eu-1"), "{message}");
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_releases_the_file() {
+    let db = TempDb::new("drop");
+    let outbox = Outbox::open(&db.path(), proxy(), OutboxOptions::default())
+        .await
+        .unwrap();
+    outbox.append(vec![work("rig1", 5)]).await.unwrap();
+    drop(outbox);
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    assert_eq!(outbox.totals().await.unwrap().appended_work, 5);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn fsync_each_commit_works_the_same() {
+    let db = TempDb::new("fsync");
+    let opts = OutboxOptions {
+        fsync_each_commit: true,
+        ..manual()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    outbox.append(vec![work("rig1", 9)]).await.unwrap();
+    assert_eq!(outbox.seal().await.unwrap().unwrap().accepted_work(), 9);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_commits() {
+    let db = TempDb::new("group");
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    let tasks: Vec<_> = (0..1_000u64)
+        .map(|i| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .append(vec![work(&format!("rig{}", i % 50), u128::from(i) + 1)])
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let t = outbox.totals().await.unwrap();
+    println!("1000 concurrent appends: {} commits", t.commits);
+    assert_eq!(t.appends, 1_000);
+    assert!(t.commits < 100, "{} commits for 1000 appends", t.commits);
+    assert_eq!(t.appended_shares, 1_000);
+    assert_eq!(t.appended_work, (1..=1_000u128).sum::<u128>());
+    let batches = seal_all(&outbox).await;
+    let records: usize = batches.iter().map(|b| b.records.len()).sum();
+    assert_eq!(records, 50, "one merged record per worker");
+    let sealed: u128 = batches.iter().map(Batch::accepted_work).sum();
+    assert_eq!(sealed, t.appended_work);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_respect_the_record_limit_and_keep_order() {
+    let db = TempDb::new("limit");
+    let opts = OutboxOptions {
+        max_batch_records: 10,
+        ..manual()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    // 25 separate commits, then one commit of 25 records that will be split across batches.
+    for i in 0..25 {
+        outbox
+            .append(vec![user(&format!("u{i:02}"))])
+            .await
+            .unwrap();
+    }
+    outbox
+        .append((25..50).map(|i| user(&format!("u{i:02}"))).collect())
+        .await
+        .unwrap();
+    let batches = seal_all(&outbox).await;
+    assert_eq!(sequences(&batches), [1, 2, 3, 4, 5]);
+    assert!(batches.iter().all(|b| b.records.len() == 10));
+    let names = user_names(&batches);
+    let expected: Vec<String> = (0..50).map(|i| format!("u{i:02}")).collect();
+    assert_eq!(names, expected, "records come out once each, in order");
+    assert_eq!(outbox.totals().await.unwrap().unbatched_rows, 0);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_seals_never_seal_a_record_twice() {
+    let db = TempDb::new("race");
+    let opts = OutboxOptions {
+        max_batch_records: 3,
+        commit_interval: Duration::ZERO,
+        ..manual()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    let appender = tokio::spawn({
+        let outbox = outbox.clone();
+        async move {
+            for i in 0..300 {
+                outbox
+                    .append(vec![user(&format!("u{i:03}"))])
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let sealers: Vec<_> = (0..4)
+        .map(|_| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..200 {
+                    if let Some(b) = outbox.seal().await.unwrap() {
+                        mine.push(b);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                mine
+            })
+        })
+        .collect();
+    appender.await.unwrap();
+    let mut batches = Vec::new();
+    for s in sealers {
+        batches.extend(s.await.unwrap());
+    }
+    batches.extend(seal_all(&outbox).await);
+    batches.sort_by_key(|b| b.sequence);
+    let expected: Vec<u64> = (1..=batches.len() as u64).collect();
+    assert_eq!(sequences(&batches), expected);
+    let names = user_names(&batches);
+    let all: Vec<String> = (0..300).map(|i| format!("u{i:03}")).collect();
+    assert_eq!(names, all, "every record sealed exactly once, in order");
+    assert_eq!(outbox.unacknowledged(usize::MAX).await.unwrap(), batches);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_timer_seals_drains_a_backlog_and_notifies() {
+    let db = TempDb::new("timer");
+    let opts = OutboxOptions {
+        seal_interval: Duration::from_millis(10),
+        max_batch_records: 5,
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    let mut sealed = outbox.sealed();
+    assert_eq!(*sealed.borrow(), 0);
+    outbox
+        .append((0..23).map(|i| user(&format!("u{i}"))).collect())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sealed.wait_for(|s| *s >= 5))
+        .await
+        .expect("the timer seals within seconds")
+        .unwrap();
+    let batches = outbox.unacknowledged(100).await.unwrap();
+    assert_eq!(sequences(&batches), [1, 2, 3, 4, 5]);
+    assert_eq!(user_names(&batches).len(), 23);
+    assert_eq!(outbox.totals().await.unwrap().unbatched_rows, 0);
+    outbox.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_commits_what_was_queued_before_it() {
+    let db = TempDb::new("close");
+    let opts = OutboxOptions {
+        commit_interval: Duration::from_millis(300),
+        ..manual()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    let other = outbox.clone();
+    let pending = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.append(vec![work("rig1", 42)]).await }
+    });
+    // The append is now waiting in the writer's commit window.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    outbox.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "close ends the commit window"
+    );
+    pending.await.unwrap().unwrap();
+    assert!(matches!(
+        other.append(vec![work("rig1", 1)]).await,
+        Err(OutboxError::Closed { .. })
+    ));
+    drop(other);
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    assert_eq!(outbox.totals().await.unwrap().appended_work, 42);
+    outbox.close().await.unwrap();
+}
+
+// --- kill -9 -------------------------------------------------------------------------------
+
+const CHILD_PATH_ENV: &str = "DEFPOOL_OUTBOX_CRASH_CHILD";
+const CHILD_START_ENV: &str = "DEFPOOL_OUTBOX_CRASH_START";
+
+fn crash_work(n: u64) -> u128 {
+    // Above 2^53, so the decimal-string path matters.
+    u128::from(n % 1_000 + 1) * 1_000_000_000_000_000
+}
+
+/// The writer role of [`kill_9_loses_no_acknowledged_share`]: appends from eight tasks and prints
+/// `ACK <n> <work>` after each append resolved. Does nothing in an ordinary test run.
+#[test]
+fn crash_child_writer() {
+    let Ok(path) = std::env::var(CHILD_PATH_ENV) else {
+        return;
+    };
+    let start: u64 = std::env::var(CHILD_START_ENV).unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let opts = OutboxOptions {
+            seal_interval: Duration::from_millis(3),
+            max_batch_records: 7,
+            ..OutboxOptions::default()
+        };
+        let outbox = Outbox::open(path.as_ref(), proxy(), opts).await.unwrap();
+        let next = Arc::new(AtomicU64::new(start));
+        for task in 0..8 {
+            let outbox = outbox.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let w = crash_work(n);
+                    outbox
+                        .append(vec![work(&format!("rig{task}"), w), user(&format!("u{n}"))])
+                        .await
+                        .unwrap();
+                    println!("ACK {n} {w}");
+                }
+            });
+        }
+        // The parent kills us long before this; it only guards against an orphan.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        std::process::exit(3);
+    });
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_share() {
+    let db = TempDb::new("crash");
+    let mut acked: BTreeMap<u64, u128> = BTreeMap::new();
+    let record = |line: &str, acked: &mut BTreeMap<u64, u128>| {
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let (n, w) = rest.split_once(' ').expect("ACK <n> <work>");
+            let (n, w): (u64, u128) = (n.parse().unwrap(), w.parse().unwrap());
+            assert_eq!(w, crash_work(n));
+            assert!(acked.insert(n, w).is_none(), "share {n} reported twice");
+            true
+        } else {
+            false
+        }
+    };
+    for round in 0..3u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PATH_ENV, db.path())
+            .env(CHILD_START_ENV, (round * 1_000_000).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut this_round = 0;
+        while this_round < 300 {
+            let line = lines
+                .next()
+                .expect("the child stopped before being killed")
+                .unwrap();
+            if record(&line, &mut acked) {
+                this_round += 1;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever it printed before dying was acknowledged too.
+        for line in lines {
+            record(&line.unwrap(), &mut acked);
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+        let before = outbox.totals().await.unwrap();
+        assert_eq!(before.acknowledged_work, 0);
+        assert_eq!(before.held_work, before.appended_work);
+        seal_all(&outbox).await;
+        let batches = outbox.unacknowledged(usize::MAX).await.unwrap();
+        let t = outbox.totals().await.unwrap();
+        assert_eq!(t.unbatched_rows, 0);
+
+        let expected: Vec<u64> = (1..=t.last_sequence).collect();
+        assert_eq!(
+            sequences(&batches),
+            expected,
+            "sequences unique and contiguous"
+        );
+
+        let in_file: u128 = batches.iter().map(Batch::accepted_work).sum();
+        assert_eq!(
+            in_file, t.appended_work,
+            "records and the appended counter agree"
+        );
+        let (_, shares) = credited(
+            &batches
+                .iter()
+                .flat_map(|b| b.records.clone())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(shares, t.appended_shares);
+
+        let names = user_names(&batches);
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "no record sealed twice");
+        assert_eq!(names.len() as u64, t.appended_shares, "one user per append");
+        for n in acked.keys() {
+            assert!(
+                unique.contains(&format!("u{n}")),
+                "acknowledged share {n} lost"
+            );
+        }
+        let acked_work: u128 = acked.values().sum();
+        assert!(in_file >= acked_work);
+        println!(
+            "kill -9 x3: {} appends acknowledged to the child, {} in the file \
+             ({} committed but unreported when killed), {} batches",
+            acked.len(),
+            names.len(),
+            names.len() - acked.len(),
+            batches.len()
+        );
+        outbox.close().await.unwrap();
+    });
+}
+
+// --- throughput ----------------------------------------------------------------------------
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat`, assuming the usual
+/// 100 clock ticks per second. `None` off Linux.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_single_share_appends_from_100_tasks() {
+    let db = TempDb::new("throughput");
+    let outbox = Outbox::open(&db.path(), proxy(), OutboxOptions::default())
+        .await
+        .unwrap();
+    let cpu0 = process_cpu();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..100u64)
+        .map(|task| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    outbox
+                        .append(vec![work(&format!("rig{task}"), u128::from(i) + 1)])
+                        .await?;
+                }
+                Ok::<_, OutboxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let wall = started.elapsed();
+    let cpu = process_cpu().zip(cpu0).map(|(b, a)| b - a);
+    let t = outbox.totals().await.unwrap();
+    println!(
+        "20000 single-share appends from 100 tasks: {wall:.2?} wall, {} commits \
+         ({:.0} appends/s, {:.0} commits/s, {:.1} appends per commit), cpu {cpu:.2?} \
+         (whole test process)",
+        t.commits,
+        20_000.0 / wall.as_secs_f64(),
+        t.commits as f64 / wall.as_secs_f64(),
+        20_000.0 / t.commits as f64,
+    );
+    assert_eq!(t.appends, 20_000);
+    assert_eq!(t.appended_shares, 20_000);
+    assert_eq!(t.appended_work, 100 * (1..=200u128).sum::<u128>());
+    assert!(t.commits < 20_000 / 4, "{} commits", t.commits);
+    outbox.close().await.unwrap();
+}
+
+/// 20,000 shares/s offered steadily (100 miners' tasks, one share every 5 ms each) for five
+/// seconds: how much CPU does the outbox cost? Run on its own, in release mode:
+/// `cargo test --release -p defpool-proxy --test outbox -- --ignored --exact paced --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn paced() {
+    let db = TempDb::new("paced");
+    let outbox = Outbox::open(&db.path(), proxy(), OutboxOptions::default())
+        .await
+        .unwrap();
+    let seconds = 5u64;
+    let cpu0 = process_cpu();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..100u64)
+        .map(|task| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(5));
+                let mut latencies = Vec::new();
+                for i in 0..(200 * seconds) {
+                    tick.tick().await;
+                    let t0 = Instant::now();
+                    outbox
+                        .append(vec![work(&format!("rig{task}"), u128::from(i) + 1)])
+                        .await
+                        .unwrap();
+                    latencies.push(t0.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+    let wall = started.elapsed();
+    let cpu = process_cpu().zip(cpu0).map(|(b, a)| b - a);
+    let t = outbox.totals().await.unwrap();
+    let sealed = t.last_sequence;
+    let wal = std::fs::metadata(db.path().with_extension("sqlite-wal")).map(|m| m.len());
+    println!("paced: WAL file {wal:?} bytes at the end");
+    println!(
+        "paced: {} appends in {wall:.2?} ({:.0}/s), {} commits ({:.0}/s), {sealed} batches, \
+         append latency p50 {p50:.2?} p99 {p99:.2?} max {max:.2?}, cpu {cpu:.2?} = {:.1}% of one core",
+        t.appends,
+        t.appends as f64 / wall.as_secs_f64(),
+        t.commits,
+        t.commits as f64 / wall.as_secs_f64(),
+        cpu.map(|c| 100.0 * c.as_secs_f64() / wall.as_secs_f64())
+            .unwrap_or(f64::NAN),
+    );
+    outbox.close().await.unwrap();
+}
