@@ -237,8 +237,27 @@ pub struct ProxyConfig {
     /// Seconds that shares for the previous coin's jobs are still accepted after a switch.
     #[serde(default = "default_grace_secs")]
     pub grace_secs: u32,
+    /// An upstream that sends no job for this long is stalled: miners fail over.
+    #[serde(default = "default_stall_job_secs")]
+    pub upstream_stall_job_secs: u32,
+    /// An upstream that leaves a submitted share unanswered this long is stalled.
+    #[serde(default = "default_stall_submit_secs")]
+    pub upstream_stall_submit_secs: u32,
+    /// Of an upstream's last 20 share results, this many rejects mark it down.
+    #[serde(default = "default_reject_streak")]
+    pub upstream_reject_streak: u32,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+}
+
+fn default_stall_job_secs() -> u32 {
+    120
+}
+fn default_stall_submit_secs() -> u32 {
+    30
+}
+fn default_reject_streak() -> u32 {
+    15
 }
 
 fn default_group() -> String {

@@ -329,6 +329,24 @@ fn check_proxy(p: &ProxyConfig, with_server: bool) -> Result<()> {
     }
     require_secret("proxy.admin_token", &p.admin_token, 16)?;
     in_range("proxy.grace_secs", p.grace_secs, 0, 300)?;
+    in_range(
+        "proxy.upstream_stall_job_secs",
+        p.upstream_stall_job_secs,
+        5,
+        3600,
+    )?;
+    in_range(
+        "proxy.upstream_stall_submit_secs",
+        p.upstream_stall_submit_secs,
+        2,
+        600,
+    )?;
+    in_range(
+        "proxy.upstream_reject_streak",
+        p.upstream_reject_streak,
+        1,
+        20,
+    )?;
     if p.ports.is_empty() {
         return err("proxy.ports", "a proxy needs at least one port");
     }

@@ -66,6 +66,38 @@ pub struct WorkerStats {
     pub rejected: BTreeMap<String, u64>,
     pub last_share_ms: u64,
     pub difficulty: f64,
+    /// Hashrate estimate (H/s): accepted work, exponentially averaged over about 5 minutes.
+    pub hashrate_hs: f64,
+    pub reject_percent: f64,
+    pub stale_percent: f64,
+    #[serde(skip)]
+    rate_at_ms: u64,
+}
+
+/// Time constant of the hashrate average, seconds.
+const HASHRATE_TAU_SECS: f64 = 300.0;
+
+impl WorkerStats {
+    fn add_work(&mut self, work: u128, now_ms: u64) {
+        let dt = now_ms.saturating_sub(self.rate_at_ms) as f64 / 1000.0;
+        let decay = if self.rate_at_ms == 0 {
+            0.0
+        } else {
+            (-dt / HASHRATE_TAU_SECS).exp()
+        };
+        self.hashrate_hs = self.hashrate_hs * decay + work as f64 / HASHRATE_TAU_SECS;
+        self.rate_at_ms = now_ms;
+    }
+
+    fn percentages(&mut self) {
+        let rejected: u64 = self.rejected.values().sum();
+        let total = self.accepted_shares + self.late_shares + rejected;
+        if total > 0 {
+            self.reject_percent = 100.0 * rejected as f64 / total as f64;
+            let stale = self.rejected.get("stale-share").copied().unwrap_or(0);
+            self.stale_percent = 100.0 * stale as f64 / total as f64;
+        }
+    }
 }
 
 pub struct Context {
@@ -153,11 +185,13 @@ impl Context {
             .fetch_add(1, Ordering::Relaxed);
         let mut w = self.workers.lock().expect("workers lock");
         let s = w.entry((id.user.clone(), id.worker.clone())).or_default();
-        s.accepted_shares += 1;
+        s.accepted_shares += (!late) as u64;
         s.work += work;
         s.accepted_work = s.work.to_string();
         s.late_shares += late as u64;
         s.last_share_ms = now;
+        s.add_work(work, now);
+        s.percentages();
         Ok(())
     }
 
@@ -176,11 +210,9 @@ impl Context {
         };
         {
             let mut w = self.workers.lock().expect("workers lock");
-            *w.entry((id.user.clone(), id.worker.clone()))
-                .or_default()
-                .rejected
-                .entry(code.to_string())
-                .or_default() += 1;
+            let s = w.entry((id.user.clone(), id.worker.clone())).or_default();
+            *s.rejected.entry(code.to_string()).or_default() += 1;
+            s.percentages();
         }
         let now = now_ms();
         let record = Record::Work(WorkRecord {

@@ -149,7 +149,12 @@ pub async fn run(
         let file = assignment_file(&cfg.outbox_path, algorithm);
         let opts = RouterOptions {
             grace: Duration::from_secs(cfg.grace_secs as u64),
-            limits: StallLimits::default(),
+            limits: StallLimits {
+                no_job: Duration::from_secs(cfg.upstream_stall_job_secs as u64),
+                no_submit_reply: Duration::from_secs(cfg.upstream_stall_submit_secs as u64),
+                reject_streak: cfg.upstream_reject_streak as usize,
+                ..StallLimits::default()
+            },
             space: MinerSpace::default(),
             assignment_file: Some(file.clone()),
         };
