@@ -49,13 +49,13 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &state.token else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "admin-disabled",
             "no proxy.admin_token is configured",
-        ));
+        )));
     };
     let presented = headers
         .get("authorization")
@@ -65,11 +65,11 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     if token.matches(presented) {
         Ok(())
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "bad-token",
             "missing or wrong bearer token",
-        ))
+        )))
     }
 }
 
@@ -79,7 +79,7 @@ async fn assign(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return *r;
     }
     let assignment: Assignment = match serde_json::from_slice(&body) {
         Ok(a) => a,

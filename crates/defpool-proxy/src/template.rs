@@ -40,6 +40,7 @@ pub struct JobTemplate {
 }
 
 impl JobTemplate {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         seq: u64,
         epoch: u64,

@@ -137,7 +137,7 @@ mod tests {
                 let before = v.difficulty();
                 let next = if share { v.record_share(now) } else { v.retarget(now) };
                 if let Some(d) = next {
-                    prop_assert!(d >= 2.0 && d <= 512.0);
+                    prop_assert!((2.0..=512.0).contains(&d));
                     prop_assert!(d <= before * MAX_STEP * 1.000_001 && d >= before / MAX_STEP / 1.000_001);
                 }
             }

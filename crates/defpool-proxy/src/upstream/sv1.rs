@@ -159,8 +159,8 @@ async fn session(
                                     return Ended::Down(format!("authorization of {:?} refused: {}", spec.upstream.username, sv1::error_message(&r.error)));
                                 }
                             }
-                            id if id >= FIRST_SUBMIT_ID => {
-                                if pending.remove(&id).is_some() {
+                            id if id >= FIRST_SUBMIT_ID && pending.remove(&id).is_some() => {
+                                {
                                     let accepted = r.result.as_bool() == Some(true) && r.error.is_null();
                                     window.push(accepted);
                                     if accepted {
