@@ -108,6 +108,8 @@ pub struct Context {
     pub grace_secs: u32,
     pub groups: HashMap<Algorithm, Arc<GroupShared>>,
     pub counters: Counters,
+    /// Accepted work goes to the outbox (a proxy); an adapter records only events.
+    pub record_work: bool,
     users: Mutex<HashSet<String>>,
     pub workers: Mutex<HashMap<(String, String), WorkerStats>>,
 }
@@ -128,6 +130,7 @@ impl Context {
             grace_secs,
             groups,
             counters: Counters::default(),
+            record_work: true,
             users: Mutex::new(HashSet::new()),
             workers: Mutex::new(HashMap::new()),
         }
@@ -140,7 +143,7 @@ impl Context {
             .lock()
             .expect("users lock")
             .insert(id.user.clone());
-        if fresh {
+        if fresh && self.record_work {
             self.outbox
                 .append(vec![Record::User(UserRecord {
                     user: id.user.clone(),
@@ -163,7 +166,7 @@ impl Context {
     ) -> Result<(), OutboxError> {
         let now = now_ms();
         let mut records = Vec::with_capacity(1 + extra.len());
-        records.push(Record::Work(WorkRecord {
+        let work_record = Record::Work(WorkRecord {
             user: id.user.clone(),
             worker: id.worker.clone(),
             coin: template.coin.clone(),
@@ -177,9 +180,14 @@ impl Context {
             rejected: BTreeMap::new(),
             from_ms: now,
             to_ms: now + 1,
-        }));
+        });
+        if self.record_work {
+            records.push(work_record);
+        }
         records.extend(extra);
-        self.outbox.append(records).await?;
+        if !records.is_empty() {
+            self.outbox.append(records).await?;
+        }
         self.counters
             .shares_accepted
             .fetch_add(1, Ordering::Relaxed);
@@ -208,6 +216,9 @@ impl Context {
         let (Some(id), Some(t)) = (id, template) else {
             return;
         };
+        if !self.record_work {
+            return;
+        }
         {
             let mut w = self.workers.lock().expect("workers lock");
             let s = w.entry((id.user.clone(), id.worker.clone())).or_default();

@@ -113,13 +113,15 @@ pub struct SwitchSummary {
 /// A request to apply an assignment, answered with how it went.
 pub type AssignRequest = (Assignment, oneshot::Sender<Offer>);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RouterOptions {
     pub grace: Duration,
     pub limits: StallLimits,
     pub space: MinerSpace,
     /// Where the last applied assignment is kept, so a restarted proxy without a server resumes.
     pub assignment_file: Option<std::path::PathBuf>,
+    /// Runs upstreams instead of the SV1/SV2 clients (the adapter's coin daemon).
+    pub connector: Option<Arc<dyn upstream::UpstreamConnector>>,
 }
 
 struct Conn {
@@ -333,7 +335,12 @@ impl Router {
             limits: self.opts.limits,
         };
         tracing::info!(group = %self.shared.name, upstream = %u.name, coin = %u.coin.as_str(), "connecting upstream");
-        let handle = upstream::spawn(spec, self.generation, self.events_tx.clone());
+        let handle = upstream::spawn(
+            spec,
+            self.generation,
+            self.events_tx.clone(),
+            self.opts.connector.clone(),
+        );
         self.conns.insert(
             u.name.clone(),
             Conn {

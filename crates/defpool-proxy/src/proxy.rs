@@ -23,7 +23,7 @@ use crate::downstream;
 use crate::group::{self, load_assignment, now_ms, RouterOptions};
 use crate::layout::MinerSpace;
 use crate::outbox::{Outbox, OutboxError, OutboxOptions};
-use crate::upstream::StallLimits;
+use crate::upstream::{StallLimits, UpstreamConnector};
 
 /// Why a proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -115,61 +115,141 @@ pub async fn run(
     let cfg = v.config.proxy.clone().ok_or(ProxyError::NotConfigured)?;
     // Configuration problems the config crate cannot see: before anything starts.
     let sv2_keys = if cfg.ports.iter().any(|p| p.protocol == StratumProtocol::Sv2) {
-        let (Some(public), Some(secret)) = (&cfg.authority_public_key, &cfg.authority_secret_key)
-        else {
-            return Err(ProxyError::Sv2Keys(
-                "proxy.authority_public_key and proxy.authority_secret_key are required for SV2 ports".into(),
-            ));
-        };
-        Some(Arc::new(
-            AuthorityKeypair::from_base58(public, secret.expose())
-                .map_err(|e| ProxyError::Sv2Keys(format!("proxy.authority_secret_key: {e}")))?,
-        ))
+        Some(Arc::new(sv2_keypair(
+            "proxy",
+            cfg.authority_public_key.as_deref(),
+            cfg.authority_secret_key.as_ref(),
+        )?))
     } else {
         None
     };
-    let registry = Arc::new(v.registry.clone());
-    let outbox = Outbox::open(
-        &cfg.outbox_path,
-        ProxyId(cfg.id.clone()),
-        OutboxOptions::default(),
-    )
-    .await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-
     let algorithms: Vec<Algorithm> = {
         let mut a: Vec<Algorithm> = cfg.ports.iter().map(|p| p.algorithm).collect();
         a.sort_by_key(|a| a.as_str());
         a.dedup();
         a
     };
+    let groups = algorithms
+        .iter()
+        .map(|&algorithm| {
+            let file = assignment_file(&cfg.outbox_path, algorithm);
+            let initial = load_assignment(&file)
+                .filter(|a| a.group == cfg.group && a.algorithm == algorithm)
+                .or_else(|| default_assignment(&v, &cfg.group, algorithm));
+            GroupSpec {
+                algorithm,
+                space: MinerSpace::default(),
+                initial,
+                assignment_file: Some(file),
+            }
+        })
+        .collect();
+    let spec = GatewaySpec {
+        role: "proxy",
+        id: cfg.id.clone(),
+        group: cfg.group.clone(),
+        network: v.config.network,
+        registry: Arc::new(v.registry.clone()),
+        outbox_path: cfg.outbox_path.clone(),
+        record_work: true,
+        sv2_keys,
+        ports: cfg.ports.clone(),
+        groups,
+        grace_secs: cfg.grace_secs,
+        limits: StallLimits {
+            no_job: Duration::from_secs(cfg.upstream_stall_job_secs as u64),
+            no_submit_reply: Duration::from_secs(cfg.upstream_stall_submit_secs as u64),
+            reject_streak: cfg.upstream_reject_streak as usize,
+            ..StallLimits::default()
+        },
+        admin_listen: cfg.admin_listen,
+        admin_token: cfg.admin_token.clone(),
+        connector: None,
+    };
+    serve(spec, started, shutdown).await
+}
+
+/// Parses and checks an SV2 authority key pair from config (`section` names the keys).
+pub fn sv2_keypair(
+    section: &str,
+    public: Option<&str>,
+    secret: Option<&Secret>,
+) -> Result<AuthorityKeypair, ProxyError> {
+    let (Some(public), Some(secret)) = (public, secret) else {
+        return Err(ProxyError::Sv2Keys(format!(
+            "{section}.authority_public_key and {section}.authority_secret_key are required for SV2 ports"
+        )));
+    };
+    AuthorityKeypair::from_base58(public, secret.expose())
+        .map_err(|e| ProxyError::Sv2Keys(format!("{section}.authority_secret_key: {e}")))
+}
+
+/// One algorithm group of a gateway.
+pub struct GroupSpec {
+    pub algorithm: Algorithm,
+    pub space: MinerSpace,
+    pub initial: Option<Assignment>,
+    pub assignment_file: Option<PathBuf>,
+}
+
+/// Everything a stratum gateway needs: the proxy is one, the coin adapter (an SV2 pool whose
+/// upstream is the coin daemon) is another.
+pub struct GatewaySpec {
+    /// "proxy" or "adapter", for logs.
+    pub role: &'static str,
+    pub id: String,
+    pub group: String,
+    pub network: defpool_core::Network,
+    pub registry: Arc<defpool_core::CoinRegistry>,
+    pub outbox_path: PathBuf,
+    /// Write accepted work to the outbox (the proxy); an adapter only reports block events.
+    pub record_work: bool,
+    pub sv2_keys: Option<Arc<AuthorityKeypair>>,
+    pub ports: Vec<defpool_config::PortConfig>,
+    pub groups: Vec<GroupSpec>,
+    pub grace_secs: u32,
+    pub limits: StallLimits,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    /// Runs every upstream of this gateway instead of the SV1/SV2 clients (the adapter's
+    /// daemon).
+    pub connector: Option<Arc<dyn UpstreamConnector>>,
+}
+
+/// Runs a gateway until `shutdown` resolves.
+pub async fn serve(
+    spec: GatewaySpec,
+    started: Option<oneshot::Sender<Started>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    let registry = spec.registry.clone();
+    let outbox = Outbox::open(
+        &spec.outbox_path,
+        ProxyId(spec.id.clone()),
+        OutboxOptions::default(),
+    )
+    .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut groups = HashMap::new();
     let mut assign_txs = HashMap::new();
-    for &algorithm in &algorithms {
-        let file = assignment_file(&cfg.outbox_path, algorithm);
+    for g in spec.groups {
+        let algorithm = g.algorithm;
         let opts = RouterOptions {
-            grace: Duration::from_secs(cfg.grace_secs as u64),
-            limits: StallLimits {
-                no_job: Duration::from_secs(cfg.upstream_stall_job_secs as u64),
-                no_submit_reply: Duration::from_secs(cfg.upstream_stall_submit_secs as u64),
-                reject_streak: cfg.upstream_reject_streak as usize,
-                ..StallLimits::default()
-            },
-            space: MinerSpace::default(),
-            assignment_file: Some(file.clone()),
+            grace: Duration::from_secs(spec.grace_secs as u64),
+            limits: spec.limits,
+            space: g.space,
+            assignment_file: g.assignment_file,
+            connector: spec.connector.clone(),
         };
         let (mut router, shared, tx) = group::group(
-            &cfg.group,
+            &spec.group,
             algorithm,
             registry.clone(),
-            v.config.network,
+            spec.network,
             outbox.clone(),
             opts,
         );
-        let initial = load_assignment(&file)
-            .filter(|a| a.group == cfg.group && a.algorithm == algorithm)
-            .or_else(|| default_assignment(&v, &cfg.group, algorithm));
-        match initial {
+        match g.initial {
             Some(a) => {
                 tracing::info!(algorithm = algorithm.as_str(), epoch = a.epoch, reason = %a.reason, "starting with an assignment");
                 router.assign(a);
@@ -181,18 +261,19 @@ pub async fn run(
         }
         tokio::spawn(router.run(stop_rx.clone()));
         groups.insert(algorithm, shared);
-        assign_txs.insert((cfg.group.clone(), algorithm), tx);
+        assign_txs.insert((spec.group.clone(), algorithm), tx);
     }
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         registry.clone(),
-        v.config.network,
+        spec.network,
         outbox.clone(),
-        cfg.grace_secs,
+        spec.grace_secs,
         groups,
-    ));
-
+    );
+    ctx.record_work = spec.record_work;
+    let ctx = Arc::new(ctx);
     let mut bound = Vec::new();
-    for port in &cfg.ports {
+    for port in &spec.ports {
         let listener =
             TcpListener::bind(port.listen)
                 .await
@@ -210,7 +291,7 @@ pub async fn run(
         let ctx = ctx.clone();
         let protocol = port.protocol;
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-        let keys = sv2_keys.clone();
+        let keys = spec.sv2_keys.clone();
         let mut stop = stop_rx.clone();
         tracing::info!(listen = %addr, algorithm = port.algorithm.as_str(), protocol = ?protocol, "miners' port open");
         tokio::spawn(async move {
@@ -250,23 +331,23 @@ pub async fn run(
         });
     }
 
-    let admin_listener = TcpListener::bind(cfg.admin_listen)
+    let admin_listener = TcpListener::bind(spec.admin_listen)
         .await
         .map_err(|source| ProxyError::Listen {
-            addr: cfg.admin_listen,
+            addr: spec.admin_listen,
             source,
         })?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|source| ProxyError::Listen {
-            addr: cfg.admin_listen,
+            addr: spec.admin_listen,
             source,
         })?;
     let app = admin::router(AdminState {
         ctx: ctx.clone(),
-        token: cfg.admin_token.clone(),
+        token: spec.admin_token.clone(),
         assign: assign_txs,
-        proxy_id: cfg.id.clone(),
+        proxy_id: spec.id.clone(),
     });
     let mut admin_stop = stop_rx.clone();
     tokio::spawn(async move {
@@ -277,19 +358,20 @@ pub async fn run(
             .await;
     });
     tracing::info!(listen = %admin_addr, "admin endpoint open");
-    if let Some(key) = &cfg.authority_public_key {
-        tracing::info!(authority_public_key = %key, "SV2 authority public key");
+    let authority_public_key = spec.sv2_keys.as_ref().map(|k| k.public_key().to_base58());
+    if let Some(key) = &authority_public_key {
+        tracing::info!(role = spec.role, authority_public_key = %key, "SV2 authority public key");
     }
     if let Some(tx) = started {
         let _ = tx.send(Started {
             ports: bound,
             admin: admin_addr,
-            authority_public_key: cfg.authority_public_key.clone(),
+            authority_public_key,
         });
     }
 
     shutdown.await;
-    tracing::info!("proxy stopping");
+    tracing::info!(role = spec.role, "stopping");
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(ctx);

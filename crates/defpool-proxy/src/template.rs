@@ -53,9 +53,13 @@ impl JobTemplate {
         switch: Option<SwitchMark>,
     ) -> JobTemplate {
         let coinbase_prefix = fold.miner_coinbase_prefix(&job.coinbase1);
-        let network_target = CompactTarget(job.nbits)
+        let nbits_target = CompactTarget(job.nbits)
             .to_target()
             .unwrap_or_else(Target::diff1);
+        let network_target = match job.block_target {
+            Some(t) => t.harder(nbits_target),
+            None => nbits_target,
+        };
         JobTemplate {
             seq,
             epoch,

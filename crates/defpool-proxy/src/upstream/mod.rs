@@ -32,6 +32,8 @@ pub struct UpstreamJob {
     pub clean: bool,
     /// The upstream's share target in force for this job.
     pub target: Target,
+    /// A block target stricter than nbits' (the adapter's regtest `block_target`).
+    pub block_target: Option<Target>,
 }
 
 /// A share on its way upstream.
@@ -151,11 +153,24 @@ pub struct UpstreamSpec {
 /// Tagged events as the router receives them.
 pub type RoutedEvent = (String, u64, UpstreamEvent);
 
+/// Something other than a pool that produces jobs and takes shares (the adapter's coin daemon).
+pub trait UpstreamConnector: Send + Sync {
+    /// Runs the upstream until it is down or closed; returns the reason.
+    fn run(
+        &self,
+        spec: UpstreamSpec,
+        emitter: Emitter,
+        commands: mpsc::Receiver<UpstreamCommand>,
+        stats: Arc<UpstreamStats>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+}
+
 /// Starts an upstream connection task; its events arrive tagged with `(name, generation)`.
 pub fn spawn(
     spec: UpstreamSpec,
     generation: u64,
     events: mpsc::Sender<RoutedEvent>,
+    connector: Option<Arc<dyn UpstreamConnector>>,
 ) -> Arc<UpstreamHandle> {
     let (tx, rx) = mpsc::channel(4096);
     let stats = Arc::new(UpstreamStats::default());
@@ -173,9 +188,12 @@ pub fn spawn(
         events,
     };
     tokio::spawn(async move {
-        let reason = match spec.upstream.kind {
-            UpstreamKind::Sv1 => sv1::run(spec, &emitter, rx, stats).await,
-            UpstreamKind::Sv2 | UpstreamKind::Adapter => sv2::run(spec, &emitter, rx, stats).await,
+        let reason = match (connector, spec.upstream.kind) {
+            (Some(c), _) => c.run(spec, emitter.clone(), rx, stats).await,
+            (None, UpstreamKind::Sv1) => sv1::run(spec, &emitter, rx, stats).await,
+            (None, UpstreamKind::Sv2 | UpstreamKind::Adapter) => {
+                sv2::run(spec, &emitter, rx, stats).await
+            }
         };
         emitter.emit(UpstreamEvent::Down { reason }).await;
     });
@@ -183,6 +201,7 @@ pub fn spawn(
 }
 
 /// Sends an upstream's events to its router, tagged.
+#[derive(Clone)]
 pub struct Emitter {
     pub name: String,
     pub generation: u64,

@@ -202,6 +202,7 @@ async fn session(
                                 ntime: n.ntime,
                                 clean: n.clean_jobs,
                                 target: t,
+                                block_target: None,
                             })).await;
                         }
                         Ok(PoolMessage::SetExtranonce { extranonce1, extranonce2_size }) => {

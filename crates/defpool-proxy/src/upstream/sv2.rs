@@ -339,6 +339,7 @@ async fn emit_job(
             ntime,
             clean,
             target,
+            block_target: None,
         }))
         .await;
 }
