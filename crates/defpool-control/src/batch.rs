@@ -78,6 +78,15 @@ pub enum HealthState {
     Down,
 }
 
+/// Where a found block stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockState {
+    Immature,
+    Matured,
+    Orphaned,
+}
+
 /// Things that happen on a proxy that the server must know about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -92,6 +101,39 @@ pub enum Event {
         /// Block hash in display order.
         block_hash: String,
         height: Option<u64>,
+        at_ms: u64,
+    },
+    /// The coin adapter submitted a block and the node accepted it.
+    BlockFound {
+        coin: Ticker,
+        /// The adapter (its name) that built and submitted it.
+        adapter: String,
+        height: u64,
+        /// Block hash in display order.
+        block_hash: String,
+        /// The coinbase value, in the coin's smallest unit.
+        reward: u64,
+        /// The channel user (the proxy's identity at the adapter) whose share it was.
+        found_by: String,
+        at_ms: u64,
+    },
+    /// The node refused a block the adapter submitted.
+    BlockRejected {
+        coin: Ticker,
+        adapter: String,
+        height: u64,
+        block_hash: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// A found block's standing changed: immature, matured (spendable, creditable) or orphaned.
+    BlockStatus {
+        coin: Ticker,
+        adapter: String,
+        height: u64,
+        block_hash: String,
+        state: BlockState,
+        confirmations: i64,
         at_ms: u64,
     },
     UpstreamHealth {

@@ -15,7 +15,7 @@ pub mod wire;
 
 pub use assignment::{Assignment, AssignmentSlot, MiningTarget, Offer, UpstreamKind, UpstreamRef};
 pub use batch::{
-    Batch, Event, HealthState, ProxyId, Record, SequenceCheck, SequenceLedger, UserRecord,
-    WorkRecord,
+    Batch, BlockState, Event, HealthState, ProxyId, Record, SequenceCheck, SequenceLedger,
+    UserRecord, WorkRecord,
 };
 pub use wire::{decode, encode, Envelope, Message, WireError, PROTOCOL_VERSION};

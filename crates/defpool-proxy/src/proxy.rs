@@ -151,6 +151,7 @@ pub async fn run(
         network: v.config.network,
         registry: Arc::new(v.registry.clone()),
         outbox_path: cfg.outbox_path.clone(),
+        outbox: None,
         record_work: true,
         sv2_keys,
         ports: cfg.ports.clone(),
@@ -202,6 +203,8 @@ pub struct GatewaySpec {
     pub network: defpool_core::Network,
     pub registry: Arc<defpool_core::CoinRegistry>,
     pub outbox_path: PathBuf,
+    /// An outbox already opened on `outbox_path` (the adapter shares it with its daemon task).
+    pub outbox: Option<Outbox>,
     /// Write accepted work to the outbox (the proxy); an adapter only reports block events.
     pub record_work: bool,
     pub sv2_keys: Option<Arc<AuthorityKeypair>>,
@@ -223,12 +226,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let registry = spec.registry.clone();
-    let outbox = Outbox::open(
-        &spec.outbox_path,
-        ProxyId(spec.id.clone()),
-        OutboxOptions::default(),
-    )
-    .await?;
+    let outbox = match spec.outbox {
+        Some(o) => o,
+        None => {
+            Outbox::open(
+                &spec.outbox_path,
+                ProxyId(spec.id.clone()),
+                OutboxOptions::default(),
+            )
+            .await?
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut groups = HashMap::new();
     let mut assign_txs = HashMap::new();
