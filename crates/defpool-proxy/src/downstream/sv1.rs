@@ -2,7 +2,7 @@
 //! submit; we send set_difficulty, notify, set_extranonce, set_version_mask and, as the last
 //! resort, client.reconnect.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,6 +54,10 @@ struct Session {
     sent_mask: Option<u32>,
     book: JobBook,
     jobs: VecDeque<(u64, Arc<JobTemplate>)>,
+    /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
+    /// job id; a template re-sent under a new id (vardiff) must not credit the same header
+    /// twice. Pruned with the jobs.
+    accepted: HashMap<[u8; 80], u64>,
     next_job: u64,
     current: Option<Arc<JobTemplate>>,
     seen_epoch: u64,
@@ -98,6 +102,7 @@ pub async fn serve(
         requested_mask: None,
         sent_mask: None,
         jobs: VecDeque::new(),
+        accepted: HashMap::new(),
         next_job: 1,
         current: None,
         seen_epoch: 0,
@@ -133,6 +138,7 @@ pub async fn serve(
                     Err(e) => {
                         if e.is_protocol_violation() {
                             s.ctx.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                            break format!("protocol violation: {e}");
                         }
                         break format!("{e}");
                     }
@@ -159,7 +165,11 @@ pub async fn serve(
             _ = tokio::time::sleep_until(deadline) => break format!("idle for {} s", idle.as_secs()),
         }
     };
-    tracing::debug!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
+    if reason.starts_with("protocol violation") {
+        tracing::info!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
+    } else {
+        tracing::debug!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
+    }
     s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
     s.group.miners.fetch_sub(1, Ordering::Relaxed);
     if let Some(p) = &s.prefix {
@@ -405,6 +415,8 @@ impl Session {
         self.book.add(Arc::new(job), clean, unix_now());
         if self.jobs.len() >= JOBS_KEPT {
             self.jobs.pop_front();
+            let oldest = self.jobs.front().map_or(t.seq, |(_, j)| j.seq);
+            self.accepted.retain(|_, seq| *seq >= oldest);
         }
         self.jobs.push_back((id, t.clone()));
         self.out.push_str(
@@ -486,6 +498,15 @@ impl Session {
                 .await;
         };
         let share_target: Target = prepared.share_target;
+        let header = prepared.header.serialize();
+        if self.accepted.contains_key(&header) {
+            self.ctx
+                .record_rejected(Some(&identity), Some(&template), "duplicate-share")
+                .await;
+            return self
+                .reply_err(id, error_code::DUPLICATE_SHARE, "Duplicate share")
+                .await;
+        }
         let checked = match self.ctx.verifier.judge(prepared).await {
             Ok(c) => c,
             Err(e) => {
@@ -532,6 +553,7 @@ impl Session {
                 .reply_err(id, error_code::OTHER, "share could not be stored; retry")
                 .await;
         }
+        self.accepted.insert(header, template.seq);
         self.reply_ok(id, json!(true)).await?;
         if !self.fixed {
             if let Some(d) = self.vardiff.record_share(now_ms()) {

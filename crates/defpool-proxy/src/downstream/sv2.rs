@@ -57,6 +57,10 @@ struct Channel {
     sent_target: Option<Target>,
     book: JobBook,
     jobs: VecDeque<(u32, Arc<JobTemplate>)>,
+    /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
+    /// job id; a template re-sent under a new id (vardiff) must not credit the same header
+    /// twice. Pruned with the jobs.
+    accepted: HashMap<[u8; 80], u64>,
     current: Option<Arc<JobTemplate>>,
     seen_epoch: u64,
 }
@@ -157,7 +161,11 @@ pub async fn serve(
     s.group.miners.fetch_add(1, Ordering::Relaxed);
     let reason = s.run(&mut msgs).await;
     reader_task.abort();
-    tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+    if reason.starts_with("protocol violation") {
+        tracing::info!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+    } else {
+        tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+    }
     s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
     s.group.miners.fetch_sub(1, Ordering::Relaxed);
     let mut prefixes = s.group.prefixes.lock().expect("prefix lock");
@@ -473,6 +481,7 @@ impl Session {
             sent_target: None,
             book: JobBook::new(self.ctx.grace_secs, JOBS_KEPT),
             jobs: VecDeque::new(),
+            accepted: HashMap::new(),
             current: None,
             seen_epoch: 0,
         };
@@ -645,6 +654,8 @@ impl Session {
         ch.book.add(Arc::new(job), clean, unix_now());
         if ch.jobs.len() >= JOBS_KEPT {
             ch.jobs.pop_front();
+            let oldest = ch.jobs.front().map_or(t.seq, |(_, j)| j.seq);
+            ch.accepted.retain(|_, seq| *seq >= oldest);
         }
         ch.jobs.push_back((job_id, t.clone()));
         if t.epoch != ch.seen_epoch {
@@ -740,6 +751,27 @@ impl Session {
                 .await;
         };
         let share_target = prepared.share_target;
+        let header = prepared.header.serialize();
+        if self
+            .channels
+            .get(&channel_id)
+            .is_some_and(|c| c.accepted.contains_key(&header))
+        {
+            self.ctx
+                .record_rejected(
+                    Some(&identity),
+                    Some(&template),
+                    error_code::DUPLICATE_SHARE,
+                )
+                .await;
+            return self
+                .send(&Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number: seq,
+                    error_code: error_code::DUPLICATE_SHARE.into(),
+                })
+                .await;
+        }
         let checked = match self.ctx.verifier.judge(prepared).await {
             Ok(c) => c,
             Err(e) => {
@@ -799,6 +831,9 @@ impl Session {
                     error_code: "storage-unavailable".into(),
                 })
                 .await;
+        }
+        if let Some(c) = self.channels.get_mut(&channel_id) {
+            c.accepted.insert(header, template.seq);
         }
         let shares_sum = (work >> 32).clamp(1, u64::MAX as u128) as u64;
         self.send(&Message::SubmitSharesSuccess {
