@@ -240,9 +240,13 @@ impl Context {
             from_ms: now,
             to_ms: now + 1,
         });
-        if let Err(e) = self.outbox.append(vec![record]).await {
-            tracing::error!(error = %e, "could not record a rejected share");
-        }
+        // Rejects are statistics, not acknowledgements: the reply does not wait for the commit.
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            if let Err(e) = outbox.append(vec![record]).await {
+                tracing::error!(error = %e, "could not record a rejected share");
+            }
+        });
     }
 
     pub fn set_worker_difficulty(&self, id: &MinerIdentity, d: f64) {

@@ -10,7 +10,7 @@
 //! `prefix + rolled`, in which case the rolled part shrinks (set_extranonce) or, if even the
 //! prefix does not fit, the miner must reconnect.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
 /// The proxy-wide split of the miner-visible extranonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,12 +99,14 @@ impl Fold {
     }
 }
 
-/// Hands out unique miner prefixes and takes them back when miners leave.
+/// Hands out unique miner prefixes and takes them back when miners leave. Fresh prefixes are
+/// used first and released ones only after the space is exhausted, oldest first, so a miner that
+/// reconnects does not get a prefix whose shares on a still-live job were just seen upstream.
 #[derive(Debug)]
 pub struct PrefixAllocator {
     bytes: usize,
     next: u64,
-    free: BTreeSet<u64>,
+    free: VecDeque<u64>,
 }
 
 impl PrefixAllocator {
@@ -114,7 +116,7 @@ impl PrefixAllocator {
             bytes,
             // Prefix zero is never used, so an all-zero extranonce is recognisably not a miner's.
             next: 1,
-            free: BTreeSet::new(),
+            free: VecDeque::new(),
         }
     }
 
@@ -127,13 +129,11 @@ impl PrefixAllocator {
     }
 
     pub fn allocate(&mut self) -> Option<Vec<u8>> {
-        let n = match self.free.pop_first() {
-            Some(n) => n,
-            None if self.next < self.capacity() => {
-                self.next += 1;
-                self.next - 1
-            }
-            None => return None,
+        let n = if self.next < self.capacity() {
+            self.next += 1;
+            self.next - 1
+        } else {
+            self.free.pop_front()?
         };
         Some(n.to_be_bytes()[8 - self.bytes..].to_vec())
     }
@@ -144,7 +144,7 @@ impl PrefixAllocator {
             be[8 - self.bytes..].copy_from_slice(prefix);
             let n = u64::from_be_bytes(be);
             if n != 0 && n < self.next {
-                self.free.insert(n);
+                self.free.push_back(n);
             }
         }
     }
@@ -196,11 +196,17 @@ mod tests {
         let mut a = PrefixAllocator::new(1);
         let all: Vec<_> = std::iter::from_fn(|| a.allocate()).collect();
         assert_eq!(all.len(), 255);
-        let set: BTreeSet<_> = all.iter().cloned().collect();
+        let set: std::collections::BTreeSet<_> = all.iter().cloned().collect();
         assert_eq!(set.len(), 255);
         assert!(!set.contains(&vec![0u8]));
         a.release(&[42]);
-        assert_eq!(a.allocate(), Some(vec![42]));
+        a.release(&[7]);
+        assert_eq!(a.allocate(), Some(vec![42]), "oldest released first");
+        assert_eq!(a.allocate(), Some(vec![7]));
         assert_eq!(a.allocate(), None);
+        let mut b = PrefixAllocator::new(1);
+        let first = b.allocate().unwrap();
+        b.release(&first);
+        assert_ne!(b.allocate(), Some(first), "fresh prefixes before reuse");
     }
 }

@@ -76,6 +76,14 @@ impl JobTemplate {
         }
     }
 
+    /// The hardest share target a channel may get on this work, when the work carries an
+    /// explicit block target (the coin adapter): a hash meeting the block target must reach the
+    /// adapter, so the proxies' channel targets are never harder than it. Without one, vardiff
+    /// alone decides (regtest nbits would otherwise drive every miner to difficulty ~0).
+    pub fn share_cap(&self) -> Option<Target> {
+        self.job.block_target.map(|b| b.harder(self.network_target))
+    }
+
     /// Whether this template continues the same chain tip and upstream as `previous`.
     pub fn continues(&self, previous: &JobTemplate) -> bool {
         self.job.prev_hash == previous.job.prev_hash

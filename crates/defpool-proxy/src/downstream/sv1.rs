@@ -397,7 +397,14 @@ impl Session {
                     .push_str(&PoolMessage::SetVersionMask(mask).to_line());
             }
         }
-        let d = self.vardiff.difficulty();
+        // Never harder than the work's share cap: a hash meeting the block target must reach us.
+        let d = match t.share_cap() {
+            Some(cap) => self
+                .vardiff
+                .difficulty()
+                .min(cap.stratum_difficulty(t.algorithm)),
+            None => self.vardiff.difficulty(),
+        };
         if self.sent_difficulty != Some(d) {
             self.sent_difficulty = Some(d);
             self.out.push_str(&PoolMessage::SetDifficulty(d).to_line());

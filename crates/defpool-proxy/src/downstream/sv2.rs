@@ -55,6 +55,8 @@ struct Channel {
     /// The miner's limit: our target is never easier than this.
     max_target: Target,
     sent_target: Option<Target>,
+    /// The current work's share cap (see `JobTemplate::share_cap`).
+    cap: Option<Target>,
     book: JobBook,
     jobs: VecDeque<(u32, Arc<JobTemplate>)>,
     /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
@@ -67,7 +69,10 @@ struct Channel {
 
 impl Channel {
     fn target(&self, algorithm: defpool_core::Algorithm) -> Target {
-        let t = share_target(self.vardiff.difficulty(), algorithm);
+        let mut t = share_target(self.vardiff.difficulty(), algorithm);
+        if let Some(cap) = self.cap {
+            t = t.easier(cap);
+        }
         t.harder(self.max_target)
     }
 
@@ -479,6 +484,12 @@ impl Session {
             vardiff,
             max_target: Target::from_le_bytes(max_target),
             sent_target: None,
+            cap: self
+                .group
+                .templates
+                .borrow()
+                .as_ref()
+                .and_then(|t| t.share_cap()),
             book: JobBook::new(self.ctx.grace_secs, JOBS_KEPT),
             jobs: VecDeque::new(),
             accepted: HashMap::new(),
@@ -542,11 +553,11 @@ impl Session {
             .iter_mut()
             .filter_map(|(id, c)| c.vardiff.retarget(now).map(|_| *id))
             .collect();
+        // SetTarget applies at once in SV2: the work is not re-sent (a device restarting its
+        // nonce range on identical work would only produce duplicates). Shares on the current
+        // job are still credited at the job's target until the next job.
         for id in ids {
             self.set_target(id).await?;
-            if let Some(t) = self.channels.get(&id).and_then(|c| c.current.clone()) {
-                self.send_job(id, t, false).await?;
-            }
         }
         Ok(())
     }
@@ -607,6 +618,7 @@ impl Session {
         let clean = force_clean
             || ch.current.as_ref().is_none_or(|c| !t.continues(c))
             || (t.clean && ch.current.as_ref().is_none_or(|c| c.seq != t.seq));
+        ch.cap = t.share_cap();
         let target = ch.target(algorithm);
         let mut out = Vec::with_capacity(3);
         if ch.sent_target != Some(target) {
@@ -849,13 +861,6 @@ impl Session {
             .and_then(|c| c.vardiff.record_share(now_ms()));
         if retarget.is_some() {
             self.set_target(channel_id).await?;
-            if let Some(t) = self
-                .channels
-                .get(&channel_id)
-                .and_then(|c| c.current.clone())
-            {
-                self.send_job(channel_id, t, false).await?;
-            }
         }
         Ok(())
     }
