@@ -10,8 +10,11 @@
 //!
 //! Everything but [`rpc`] is pure.
 
+pub mod adapter;
 pub mod assemble;
 pub mod coinbase;
+pub mod daemon;
+pub mod lifecycle;
 pub mod rpc;
 pub mod template;
 

@@ -410,6 +410,10 @@ pub struct AdapterConfig {
     pub block_target_difficulty: Option<f64>,
     #[serde(default = "default_template_refresh_secs")]
     pub template_refresh_secs: u32,
+    /// The adapter's durable event outbox (found blocks, maturity); default
+    /// `defpool-adapter-<name>.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_path: Option<PathBuf>,
 }
 
 fn default_coinbase_tag() -> String {

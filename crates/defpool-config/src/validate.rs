@@ -518,7 +518,8 @@ fn check_adapters(ctx: &Ctx<'_>, adapters: &[AdapterConfig]) -> Result<()> {
                 format!("is {tag} bytes; at most 40 fit the coinbase script beside height and extranonce"),
             )
         })?;
-        in_range(&format!("{key}.extranonce_size"), a.extranonce_size, 8, 32)?;
+        // 2 bytes tell proxies apart; each proxy needs 7 for its miners (3 prefix + 4 rolled).
+        in_range(&format!("{key}.extranonce_size"), a.extranonce_size, 9, 32)?;
         in_range(
             &format!("{key}.template_refresh_secs"),
             a.template_refresh_secs,

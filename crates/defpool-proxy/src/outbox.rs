@@ -314,7 +314,7 @@ impl Outbox {
             max_batch_records: opts.max_batch_records.max(1),
             seal_turn: tokio::sync::Mutex::new(()),
         });
-        let last_sequence = prepare(&mut conn, &ctx).await?;
+        let last_sequence = prepare_send(&mut conn, &ctx).await?;
 
         let reader = SqlitePoolOptions::new()
             .min_connections(0)
@@ -617,6 +617,16 @@ async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, Out
 
 /// Creates the schema if the file is new, checks its version and owner. Returns the last
 /// sealed sequence.
+/// [`prepare`] as a boxed `Send` future: checked with concrete lifetimes, which keeps
+/// `Outbox::open` usable inside `tokio::spawn` (sqlx's executor bounds are otherwise not
+/// provably `Send` for every lifetime).
+fn prepare_send<'a>(
+    conn: &'a mut SqliteConnection,
+    ctx: &'a Ctx,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, OutboxError>> + Send + 'a>> {
+    Box::pin(prepare(conn, ctx))
+}
+
 async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxError> {
     let path = &ctx.path;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -641,8 +651,9 @@ async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxEr
         .map_err(db_err(path, "reading the schema version"))?;
     match version {
         0 => {
-            sqlx::raw_sql(SCHEMA)
-                .execute(&mut *tx)
+            // Through `Executor` with a plain `&str` (several statements run in turn):
+            // `raw_sql` makes the future's `Send` unprovable for every lifetime.
+            sqlx::Executor::execute(&mut *tx, SCHEMA)
                 .await
                 .map_err(db_err(path, "creating the schema"))?;
             sqlx::query("INSERT OR IGNORE INTO meta (id, proxy_id) VALUES (1, ?)")

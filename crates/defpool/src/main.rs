@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the coin adapters (solo mode): an SV2 pool per `[[adapters]]` entry that turns its
+    /// coin daemon's getblocktemplate into jobs and found blocks into submitblock.
+    Adapter {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Run only the adapter with this name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Load generator: simulated miners that really hash, and a test upstream pool (loopback
     /// only, bounded in time and count).
     Loadgen {
@@ -270,12 +280,77 @@ fn main() -> ExitCode {
         Command::Coins { config, network } => coins(config, network),
         Command::Backtest(args) => backtest(&args),
         Command::Proxy { config } => proxy(&config),
+        Command::Adapter { config, name } => adapter(&config, name.as_deref()),
         Command::Loadgen {
             command: LoadgenCommand::Miners(args),
         } => loadgen_miners(&args),
         Command::Loadgen {
             command: LoadgenCommand::Pool(args),
         } => loadgen_pool(&args),
+    }
+}
+
+fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
+    let valid = match defpool_config::load(file) {
+        Ok(v) => v,
+        Err(e) => return config_error(file, &e),
+    };
+    let adapters: Vec<_> = valid
+        .config
+        .adapters
+        .iter()
+        .filter(|a| name.is_none_or(|n| a.name == n))
+        .cloned()
+        .collect();
+    if adapters.is_empty() {
+        eprintln!(
+            "defpool: invalid config {}: adapters: no [[adapters]] entry{}",
+            file.display(),
+            name.map(|n| format!(" named {n:?}")).unwrap_or_default()
+        );
+        return ExitCode::from(EX_CONFIG as u8);
+    }
+    init_logging(&valid.config.log);
+    let result = runtime().block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for a in adapters {
+            let v = valid.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                defpool_adapter::adapter::run(&v, &a, None, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+            });
+        }
+        let first = tokio::select! {
+            _ = stop_signal() => None,
+            r = tasks.join_next() => r,
+        };
+        let _ = stop_tx.send(true);
+        let mut result = match first {
+            Some(Ok(r)) => r,
+            _ => Ok(()),
+        };
+        while let Some(r) = tasks.join_next().await {
+            if let (Ok(Err(e)), Ok(())) = (r, &result) {
+                result = Err(e);
+            }
+        }
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!("defpool: invalid config {}: {e}", file.display());
+            ExitCode::from(EX_CONFIG as u8)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "adapter stopped");
+            eprintln!("defpool adapter: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

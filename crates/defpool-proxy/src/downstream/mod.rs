@@ -17,6 +17,7 @@ pub async fn forward(
     template: &Arc<JobTemplate>,
     checked: &CheckedShare,
     extranonce: &[u8],
+    found_by: &crate::identity::MinerIdentity,
 ) -> bool {
     if !template.job.target.is_met_by(&checked.pow_hash)
         && checked.class != ShareClass::BlockCandidate
@@ -33,6 +34,7 @@ pub async fn forward(
         nonce: checked.header.nonce,
         version: checked.header.version,
         job_version: template.job.version,
+        found_by: format!("{}.{}", found_by.user, found_by.worker),
     };
     if !template.upstream.submit(share).await {
         tracing::warn!(upstream = %template.upstream.name, "upstream closed; share accounted but not forwarded");

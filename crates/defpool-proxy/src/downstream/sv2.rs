@@ -813,7 +813,7 @@ impl Session {
                 })
                 .await;
         }
-        forward(&template, &checked, &full).await;
+        forward(&template, &checked, &full, &identity).await;
         let mut extra = Vec::new();
         if checked.class == ShareClass::BlockCandidate {
             let hash = to_display_hex(&sha256d(&checked.header.serialize()));

@@ -48,6 +48,8 @@ pub struct UpstreamShare {
     pub version: u32,
     /// The job's version, so SV1 can send only the rolled bits.
     pub job_version: u32,
+    /// Who found it (`user.worker`), for block events.
+    pub found_by: String,
 }
 
 #[derive(Debug)]
