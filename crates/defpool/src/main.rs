@@ -311,7 +311,7 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
         return ExitCode::from(EX_CONFIG as u8);
     }
     init_logging(&valid.config.log);
-    let result = runtime().block_on(async {
+    let result = block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for a in adapters {
@@ -393,7 +393,7 @@ fn loadgen_miners(a: &MinersArgs) -> ExitCode {
         _ => None,
     };
     init_logging(&defpool_config::LogConfig::default());
-    match runtime().block_on(defpool_loadgen::run_miners(o, switch)) {
+    match block_on(defpool_loadgen::run_miners(o, switch)) {
         Ok(report) => {
             let json = serde_json::to_string_pretty(&report).expect("report serializes");
             if let Some(path) = &a.report {
@@ -428,7 +428,7 @@ fn loadgen_pool(a: &PoolArgs) -> ExitCode {
     o.stats_path = a.stats.clone();
     init_logging(&defpool_config::LogConfig::default());
     let duration = a.duration;
-    let result = runtime().block_on(async move {
+    let result = block_on(async move {
         let stop = async move {
             match duration {
                 Some(secs) => {
@@ -472,11 +472,16 @@ fn init_logging(log: &defpool_config::LogConfig) {
     };
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a role to completion on a fresh runtime. Blocking work still in flight at the end (a
+/// daemon long-poll, say) gets two seconds, so a stop signal really stops the process.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let out = runtime.block_on(future);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    out
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -502,7 +507,7 @@ fn proxy(file: &std::path::Path) -> ExitCode {
         return ExitCode::from(EX_CONFIG as u8);
     }
     init_logging(&valid.config.log);
-    match runtime().block_on(defpool_proxy::proxy::run(valid, None, stop_signal())) {
+    match block_on(defpool_proxy::proxy::run(valid, None, stop_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
             eprintln!("defpool: invalid config {}: {e}", file.display());

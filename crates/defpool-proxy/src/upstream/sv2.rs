@@ -148,7 +148,12 @@ async fn session(
     }
     let open = Message::OpenExtendedMiningChannel {
         request_id: 1,
-        user_identity: spec.upstream.username.clone(),
+        // A coin adapter needs no credentials; it still wants a name for its logs.
+        user_identity: if spec.upstream.username.is_empty() {
+            "defpool-proxy".into()
+        } else {
+            spec.upstream.username.clone()
+        },
         nominal_hash_rate: 1e12,
         max_target: [0xff; 32],
         min_extranonce_size: spec.min_extranonce_size as u16,
