@@ -137,6 +137,7 @@ pub async fn run(
         outbox_path,
         outbox: Some(outbox),
         record_work: false,
+        close_without_work: true,
         sv2_keys: Some(Arc::new(keys)),
         ports: vec![port],
         groups: vec![GroupSpec {

@@ -163,7 +163,7 @@ impl Inner {
                     tracing::info!(adapter = %name, chain = %info.chain, height = info.blocks, "node ready");
                     break;
                 }
-                Err(e) => return format!("daemon at {} unreachable: {e}", self.rpc.url()),
+                Err(e) => return format!("node not usable: {e}"),
             }
         }
         if let Ok(0) = self.rpc.get_connection_count().await {

@@ -90,7 +90,9 @@ impl Search {
             extranonce_counter: seed,
             roll_counter: 1,
             header: [0; 80],
-            nonce: 0,
+            // Spread the nonce start too: a standard channel's work has no extranonce to vary,
+            // and a re-sent identical job must not replay the same nonces.
+            nonce: (seed as u32).wrapping_mul(0x9e37_79b9),
             ntime: work.ntime,
             work,
         };

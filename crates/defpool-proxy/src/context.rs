@@ -110,6 +110,9 @@ pub struct Context {
     pub counters: Counters,
     /// Accepted work goes to the outbox (a proxy); an adapter records only events.
     pub record_work: bool,
+    /// Without work (the upstream is gone), close SV2 channels so the peer fails over at once:
+    /// right for a coin adapter serving proxies, wrong for miners.
+    pub close_without_work: bool,
     users: Mutex<HashSet<String>>,
     pub workers: Mutex<HashMap<(String, String), WorkerStats>>,
 }
@@ -131,6 +134,7 @@ impl Context {
             groups,
             counters: Counters::default(),
             record_work: true,
+            close_without_work: false,
             users: Mutex::new(HashSet::new()),
             workers: Mutex::new(HashMap::new()),
         }

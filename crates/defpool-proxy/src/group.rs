@@ -141,7 +141,13 @@ struct Pending {
     index: usize,
     commanded_at: Instant,
     failover: bool,
+    /// When the current candidate was chosen: one that has no work after
+    /// [`CANDIDATE_PATIENCE`] is passed over.
+    since: Instant,
 }
+
+/// How long a candidate upstream may take from connecting to its first job.
+const CANDIDATE_PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct Router {
     shared: Arc<GroupShared>,
@@ -290,6 +296,7 @@ impl Router {
             index: 0,
             commanded_at: Instant::now(),
             failover: false,
+            since: Instant::now(),
         });
         self.advance_pending();
         self.ensure_warm();
@@ -539,6 +546,9 @@ impl Router {
                 self.health(&name, &coin, HealthState::Down, reason).await;
                 if is_active {
                     self.active = None;
+                    // No work until another upstream is ready (miners keep their last job; a
+                    // coin adapter closes its proxies' channels so they fail over).
+                    self.templates.send_replace(None);
                     self.fail_over(&name, &coin);
                 } else if let Some(p) = &mut self.pending {
                     if p.candidates.get(p.index).is_some_and(|c| c.name == name) {
@@ -580,6 +590,7 @@ impl Router {
             index: 0,
             commanded_at: Instant::now(),
             failover: true,
+            since: Instant::now(),
         });
     }
 
@@ -607,11 +618,19 @@ impl Router {
                         index: 0,
                         commanded_at: Instant::now(),
                         failover: true,
+                        since: Instant::now(),
                     });
                 }
             }
         }
         if let Some(p) = &mut self.pending {
+            if p.since.elapsed() > CANDIDATE_PATIENCE {
+                if let Some(c) = p.candidates.get(p.index) {
+                    tracing::warn!(group = %self.shared.name, upstream = %c.name, "no work from the upstream in time; trying the next");
+                }
+                p.index += 1;
+                p.since = Instant::now();
+            }
             if p.index >= p.candidates.len() {
                 p.index = 0;
             }

@@ -153,6 +153,7 @@ pub async fn run(
         outbox_path: cfg.outbox_path.clone(),
         outbox: None,
         record_work: true,
+        close_without_work: false,
         sv2_keys,
         ports: cfg.ports.clone(),
         groups,
@@ -207,6 +208,8 @@ pub struct GatewaySpec {
     pub outbox: Option<Outbox>,
     /// Write accepted work to the outbox (the proxy); an adapter only reports block events.
     pub record_work: bool,
+    /// See `Context::close_without_work`.
+    pub close_without_work: bool,
     pub sv2_keys: Option<Arc<AuthorityKeypair>>,
     pub ports: Vec<defpool_config::PortConfig>,
     pub groups: Vec<GroupSpec>,
@@ -279,6 +282,7 @@ pub async fn serve(
         groups,
     );
     ctx.record_work = spec.record_work;
+    ctx.close_without_work = spec.close_without_work;
     let ctx = Arc::new(ctx);
     let mut bound = Vec::new();
     for port in &spec.ports {

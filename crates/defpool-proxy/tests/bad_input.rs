@@ -1020,42 +1020,46 @@ async fn sv2_cases(port: SocketAddr) {
     assert_eq!(c.submit(channel_id, 8, &job, nonce).await, Ok(()));
 }
 
-/// Vardiff raises an SV2 channel's difficulty with SetTarget alone: identical work is never
-/// re-sent under a new job id (a device restarting its nonce range would only make duplicates),
-/// and shares keep being accepted across the change.
-async fn sv2_retarget_without_resend(port: SocketAddr) {
+/// Vardiff re-sends the work under a new job id (SetTarget + NewMiningJob with the same merkle
+/// root): the same share under the new id is a duplicate, not new work.
+async fn sv2_resent_job_duplicate(port: SocketAddr) {
     let mut c = Sv2Client::setup(port).await;
     let channel_id = match c.open(1, &format!("{ADDRESS}.vardiff2")).await {
         Message::OpenStandardMiningChannelSuccess { channel_id, .. } => channel_id,
         other => panic!("expected OpenStandardMiningChannel.Success, got {other:?}"),
     };
     c.wait_job().await;
-    let first_target = c.target;
     let mut prev = c.job.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut seq, mut start) = (100u32, 1u32 << 31);
-    while c.target == first_target {
-        assert!(Instant::now() < deadline, "vardiff never sent SetTarget");
+    let resent = loop {
         let job = c.job.unwrap();
         if job.job_id != prev.job_id {
-            assert_ne!(
-                (job.merkle_root, job.version, job.ntime),
-                (prev.merkle_root, prev.version, prev.ntime),
-                "identical work re-sent under a new job id"
-            );
+            if (job.merkle_root, job.version, job.ntime)
+                == (prev.merkle_root, prev.version, prev.ntime)
+            {
+                break job;
+            }
             prev = job;
         }
+        assert!(Instant::now() < deadline, "vardiff never re-sent the job");
         let nonce = c.find_nonce(&job, start, true);
         start = nonce + 1;
         seq += 1;
         assert_eq!(c.submit(channel_id, seq, &job, nonce).await, Ok(()));
-    }
-    assert!(c.target < first_target, "vardiff made it harder");
-    // A share meeting the new target on the current job is still accepted.
-    let job = c.job.unwrap();
-    let nonce = c.find_nonce(&job, start, true);
-    assert_eq!(c.submit(channel_id, seq + 1, &job, nonce).await, Ok(()));
-    eprintln!("SV2: vardiff retargeted with SetTarget only; shares accepted across the change");
+    };
+    assert!(resent.target < prev.target, "vardiff made it harder");
+    let nonce = c.find_nonce(&resent, 3 << 30, true);
+    assert_eq!(c.submit(channel_id, seq + 1, &prev, nonce).await, Ok(()));
+    assert_eq!(
+        c.submit(channel_id, seq + 2, &resent, nonce).await,
+        Err("duplicate-share".to_string()),
+        "the same header under a re-sent job id"
+    );
+    eprintln!(
+        "SV2: vardiff re-sent job {} as {}: the same share under both ids is a duplicate",
+        prev.job_id, resent.job_id
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1264,7 +1268,7 @@ password = "x"
 
     let t = Instant::now();
     sv2_cases(sv2_port).await;
-    sv2_retarget_without_resend(sv2_vardiff_port).await;
+    sv2_resent_job_duplicate(sv2_vardiff_port).await;
     eprintln!("SV2 cases took {:?}", t.elapsed());
     accepted_grows(admin, "good-sv1", sv1_count).await;
     accepted_grows(admin, "good-sv2", sv2_count).await;

@@ -32,6 +32,8 @@ const JOBS_KEPT: usize = 12;
 const GROUP_CHANNEL_ID: u32 = 1;
 /// SV2 carries only "rolling allowed": the BIP320 bits.
 const BIP320_MASK: u32 = 0x1fff_e000;
+/// CloseChannel / OpenMiningChannel.Error reason when there is no work to give.
+const NO_WORK: &str = "upstream-unavailable";
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -271,6 +273,9 @@ impl Session {
                     let t = templates.borrow_and_update().clone();
                     match t {
                         Some(t) => self.broadcast(t).await,
+                        None if self.ctx.close_without_work => {
+                            return self.close_all(NO_WORK).await;
+                        }
                         None => Ok(()),
                     }
                 }
@@ -432,6 +437,14 @@ impl Session {
                     .await;
             }
         };
+        if self.ctx.close_without_work && self.group.templates.borrow().is_none() {
+            return self
+                .send(&Message::OpenMiningChannelError {
+                    request_id,
+                    error_code: NO_WORK.into(),
+                })
+                .await;
+        }
         let rolled = self
             .group
             .templates
@@ -538,6 +551,21 @@ impl Session {
         Ok(())
     }
 
+    /// Closes every channel (no work to give) and ends the session.
+    async fn close_all(&mut self, reason: &str) -> String {
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        for channel_id in ids {
+            let _ = self
+                .send(&Message::CloseChannel {
+                    channel_id,
+                    reason_code: reason.into(),
+                })
+                .await;
+        }
+        tracing::info!(peer = %self.peer, reason, "no work: channels closed so the peer fails over");
+        format!("channels closed: {reason}")
+    }
+
     async fn broadcast(&mut self, t: Arc<JobTemplate>) -> Result<(), String> {
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
@@ -553,11 +581,14 @@ impl Session {
             .iter_mut()
             .filter_map(|(id, c)| c.vardiff.retarget(now).map(|_| *id))
             .collect();
-        // SetTarget applies at once in SV2: the work is not re-sent (a device restarting its
-        // nonce range on identical work would only produce duplicates). Shares on the current
-        // job are still credited at the job's target until the next job.
+        // The work is re-sent under a new job id carrying the new target, so every share is
+        // credited at the target its job was sent with (the miner's view too). A device that
+        // restarts its nonce range on the re-sent job gets duplicate-share for repeats.
         for id in ids {
             self.set_target(id).await?;
+            if let Some(t) = self.channels.get(&id).and_then(|c| c.current.clone()) {
+                self.send_job(id, t, false).await?;
+            }
         }
         Ok(())
     }
@@ -861,6 +892,13 @@ impl Session {
             .and_then(|c| c.vardiff.record_share(now_ms()));
         if retarget.is_some() {
             self.set_target(channel_id).await?;
+            if let Some(t) = self
+                .channels
+                .get(&channel_id)
+                .and_then(|c| c.current.clone())
+            {
+                self.send_job(channel_id, t, false).await?;
+            }
         }
         Ok(())
     }
