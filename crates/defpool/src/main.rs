@@ -51,6 +51,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run every role the config file has in one process: the coin adapters and the proxy
+    /// (the server joins with its issue). This is the embedded default.
+    Run {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the coin adapters (solo mode): an SV2 pool per `[[adapters]]` entry that turns its
     /// coin daemon's getblocktemplate into jobs and found blocks into submitblock.
     Adapter {
@@ -281,6 +288,7 @@ fn main() -> ExitCode {
         Command::Backtest(args) => backtest(&args),
         Command::Proxy { config } => proxy(&config),
         Command::Adapter { config, name } => adapter(&config, name.as_deref()),
+        Command::Run { config } => run_all(&config),
         Command::Loadgen {
             command: LoadgenCommand::Miners(args),
         } => loadgen_miners(&args),
@@ -311,7 +319,41 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
         return ExitCode::from(EX_CONFIG as u8);
     }
     init_logging(&valid.config.log);
-    let result = block_on(async {
+    let result = run_roles(&valid, adapters, false);
+    role_exit(file, "adapter", result)
+}
+
+/// Adapters first (the proxy's solo upstreams), then the proxy; all stop together.
+fn run_all(file: &std::path::Path) -> ExitCode {
+    let valid = match defpool_config::load(file) {
+        Ok(v) => v,
+        Err(e) => return config_error(file, &e),
+    };
+    if valid.config.proxy.is_none() && valid.config.adapters.is_empty() {
+        eprintln!(
+            "defpool: invalid config {}: the file has neither [proxy] nor [[adapters]]",
+            file.display()
+        );
+        return ExitCode::from(EX_CONFIG as u8);
+    }
+    if valid.config.server.is_some() {
+        eprintln!("defpool run: [server] is not implemented yet; running the other roles");
+    }
+    init_logging(&valid.config.log);
+    let adapters = valid.config.adapters.clone();
+    let with_proxy = valid.config.proxy.is_some();
+    let result = run_roles(&valid, adapters, with_proxy);
+    role_exit(file, "run", result)
+}
+
+/// Runs the given adapters (and the proxy) in one runtime until a stop signal or the first role
+/// to end; then stops the rest.
+fn run_roles(
+    valid: &defpool_config::Validated,
+    adapters: Vec<defpool_config::AdapterConfig>,
+    with_proxy: bool,
+) -> Result<(), defpool_proxy::proxy::ProxyError> {
+    block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for a in adapters {
@@ -319,6 +361,16 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
             let mut stop = stop_rx.clone();
             tasks.spawn(async move {
                 defpool_adapter::adapter::run(&v, &a, None, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+            });
+        }
+        if with_proxy {
+            let v = valid.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                defpool_proxy::proxy::run(v, None, async move {
                     let _ = stop.changed().await;
                 })
                 .await
@@ -339,7 +391,14 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
             }
         }
         result
-    });
+    })
+}
+
+fn role_exit(
+    file: &std::path::Path,
+    role: &str,
+    result: Result<(), defpool_proxy::proxy::ProxyError>,
+) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
@@ -347,8 +406,8 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            tracing::error!(error = %e, "adapter stopped");
-            eprintln!("defpool adapter: {e}");
+            tracing::error!(error = %e, "{role} stopped");
+            eprintln!("defpool {role}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -510,18 +569,8 @@ fn proxy(file: &std::path::Path) -> ExitCode {
         return ExitCode::from(EX_CONFIG as u8);
     }
     init_logging(&valid.config.log);
-    match block_on(defpool_proxy::proxy::run(valid, None, stop_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_config() => {
-            eprintln!("defpool: invalid config {}: {e}", file.display());
-            ExitCode::from(EX_CONFIG as u8)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "proxy stopped");
-            eprintln!("defpool proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let result = block_on(defpool_proxy::proxy::run(valid, None, stop_signal()));
+    role_exit(file, "proxy", result)
 }
 
 /// Write to stdout; a closed pipe (`defpool coins | head`) ends output quietly instead of
