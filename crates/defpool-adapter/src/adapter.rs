@@ -157,6 +157,7 @@ pub async fn run(
         },
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: None,
+        control: None,
         connector: Some(connector),
     };
     tracing::info!(adapter = %a.name, coin = %a.coin.as_str(), listen = %a.listen, rpc = %a.rpc_url, payout = %payout.text, "coin adapter starting");

@@ -7,9 +7,11 @@
 //! * [`layout`]: the extranonce fold that keeps a miner's extranonce the same across coins.
 //! * [`outbox`]: the durable local queue a share enters before the miner hears "accepted".
 //! * [`admin`]: the loopback admin endpoint (assignments, status).
+//! * [`control`]: the control channel to the server (assignments in, batches out).
 
 pub mod admin;
 pub mod context;
+pub mod control;
 pub mod downstream;
 pub mod group;
 pub mod identity;

@@ -166,6 +166,14 @@ pub async fn run(
         },
         admin_listen: cfg.admin_listen,
         admin_token: cfg.admin_token.clone(),
+        control: cfg.server_url.as_ref().map(|u| {
+            (
+                u.trim_start_matches("tcp://")
+                    .trim_end_matches('/')
+                    .to_string(),
+                cfg.server_token.clone().unwrap_or_else(|| Secret::new("")),
+            )
+        }),
         connector: None,
     };
     serve(spec, started, shutdown).await
@@ -217,6 +225,8 @@ pub struct GatewaySpec {
     pub limits: StallLimits,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// The server's control channel (`host:port`, token), if any.
+    pub control: Option<(String, Secret)>,
     /// Runs every upstream of this gateway instead of the SV1/SV2 clients (the adapter's
     /// daemon).
     pub connector: Option<Arc<dyn UpstreamConnector>>,
@@ -355,6 +365,18 @@ pub async fn serve(
             addr: spec.admin_listen,
             source,
         })?;
+    if let Some((address, token)) = spec.control.clone() {
+        let client = crate::control::ControlClient {
+            address,
+            token,
+            proxy_id: ProxyId(spec.id.clone()),
+            group: spec.group.clone(),
+            algorithms: ctx.groups.keys().copied().collect(),
+            outbox: outbox.clone(),
+            assign: assign_txs.clone(),
+        };
+        tokio::spawn(client.run(stop_rx.clone()));
+    }
     let app = admin::router(AdminState {
         ctx: ctx.clone(),
         token: spec.admin_token.clone(),
