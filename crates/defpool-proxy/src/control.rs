@@ -131,7 +131,7 @@ impl ControlClient {
                     Ok(batches) => {
                         let from = sent_through;
                         for b in batches.into_iter().filter(|b| b.sequence > from) {
-                            if b.sequence >= acked + WINDOW as u64 + 1 {
+                            if b.sequence > acked + WINDOW as u64 {
                                 break;
                             }
                             let seq = b.sequence;
