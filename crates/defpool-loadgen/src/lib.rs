@@ -135,6 +135,8 @@ pub struct MinersOptions {
     /// SV2: the hashrate announced when opening a channel (hashes/s). 0 leaves the difficulty
     /// to the server's start value; a server may derive the channel's target from it.
     pub nominal_hash_rate: f32,
+    /// SV2 extended channels: the extranonce bytes the miner asks to roll.
+    pub min_extranonce_size: u16,
 }
 
 impl MinersOptions {
@@ -156,6 +158,7 @@ impl MinersOptions {
             progress: false,
             target_shares_per_sec: None,
             nominal_hash_rate: 0.0,
+            min_extranonce_size: 4,
         }
     }
 }
@@ -276,7 +279,17 @@ pub struct PoolOptions {
     pub ignore_configure: bool,
     /// Write the report here as JSON every second and at shutdown (atomically).
     pub stats_path: Option<PathBuf>,
+    /// The jobs' `nBits` (network target). The default, regtest's, is met by half of all
+    /// hashes, so every share at a test difficulty is also a block candidate, which a proxy
+    /// forwards whatever the pool's share target. A harder one (e.g. `0x1d00ffff`, difficulty 1)
+    /// lets a pool's share difficulty decide what is forwarded, as in production. `new` takes it
+    /// from the environment variable [`POOL_NBITS_ENV`] (hex) when set.
+    pub nbits: u32,
 }
+
+/// Environment variable (hex `nBits`, e.g. `1d00ffff`) that [`PoolOptions::new`] takes the test
+/// pool's network target from.
+pub const POOL_NBITS_ENV: &str = "LOADGEN_POOL_NBITS";
 
 impl PoolOptions {
     /// Defaults for everything but the address, protocol, coin and algorithm.
@@ -301,6 +314,10 @@ impl PoolOptions {
             authority: None,
             ignore_configure: false,
             stats_path: None,
+            nbits: std::env::var(POOL_NBITS_ENV)
+                .ok()
+                .and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+                .unwrap_or(pool::POOL_NBITS),
         }
     }
 }

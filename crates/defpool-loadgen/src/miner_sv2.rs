@@ -28,9 +28,6 @@ use crate::miner::{worker_name, Ctx, End, InFlight, MinerStats};
 use crate::search::{Found, Search, Work};
 use crate::{LoadgenError, MinerKind, MinersOptions};
 
-/// The smallest extranonce an extended-channel miner asks for.
-const MIN_EXTRANONCE: u16 = 4;
-
 /// The BIP320 bits an SV2 miner rolls when a job allows it.
 const ROLL_MASK: u32 = 0x1fff_e000;
 
@@ -185,7 +182,7 @@ impl Sv2Miner<'_> {
                         user_identity,
                         nominal_hash_rate: self.ctx.opts.nominal_hash_rate,
                         max_target: Target::MAX.to_le_bytes(),
-                        min_extranonce_size: MIN_EXTRANONCE,
+                        min_extranonce_size: self.ctx.opts.min_extranonce_size.max(1),
                     }
                 });
             }

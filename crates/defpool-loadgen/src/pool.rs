@@ -109,6 +109,8 @@ pub(crate) struct JobMaker {
     algorithm: Algorithm,
     extranonce_size: usize,
     share_target: Target,
+    nbits: u32,
+    block_target: Target,
     rng: Rng,
     seq: u64,
     height: u32,
@@ -123,6 +125,10 @@ impl JobMaker {
             algorithm: opts.algorithm,
             extranonce_size: opts.extranonce1_size + opts.extranonce2_size,
             share_target,
+            nbits: opts.nbits,
+            block_target: CompactTarget(opts.nbits)
+                .to_target()
+                .expect("nbits checked by validate"),
             prev_hash: rng.hash(),
             rng,
             seq: 0,
@@ -150,12 +156,10 @@ impl JobMaker {
             coinbase_suffix: suffix,
             extranonce_size: self.extranonce_size,
             merkle_branch: branch,
-            nbits: POOL_NBITS,
+            nbits: self.nbits,
             ntime: unix_now(),
             share_target: self.share_target,
-            block_target: CompactTarget(POOL_NBITS)
-                .to_target()
-                .expect("regtest nBits is valid"),
+            block_target: self.block_target,
         };
         PoolJob {
             job: Arc::new(job),
@@ -314,6 +318,12 @@ fn validate(opts: &PoolOptions) -> Result<Target, LoadgenError> {
     }
     if opts.job_interval < Duration::from_millis(10) {
         return Err(LoadgenError::option("job_interval", "at least 10 ms"));
+    }
+    if CompactTarget(opts.nbits).to_target().is_none() {
+        return Err(LoadgenError::option(
+            "nbits",
+            format!("{:#010x} is not a valid compact target", opts.nbits),
+        ));
     }
     Target::from_stratum_difficulty(opts.difficulty, opts.algorithm)
         .ok_or_else(|| LoadgenError::option("difficulty", "must be a positive number"))

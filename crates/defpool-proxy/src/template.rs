@@ -90,6 +90,21 @@ impl JobTemplate {
             && Arc::ptr_eq(&self.upstream, &previous.upstream)
     }
 
+    /// For a channel that rolls `rolled` bytes (after its prefix): the padding between the
+    /// upstream's prefix and the miner's, or `None` if the upstream's space is too small.
+    pub fn pad_for(&self, rolled: usize) -> Option<usize> {
+        (self.fold.pad + self.fold.rolled_bytes).checked_sub(rolled)
+    }
+
+    /// The coinbase prefix for a channel with padding `pad`: `coinbase1 ‖ upstream prefix ‖ pad`.
+    pub fn coinbase_prefix_with_pad(&self, pad: usize) -> Vec<u8> {
+        let base = self.coinbase_prefix.len() - self.fold.pad;
+        let mut out = Vec::with_capacity(base + pad);
+        out.extend_from_slice(&self.coinbase_prefix[..base]);
+        out.resize(base + pad, 0);
+        out
+    }
+
     /// The job one miner mines: its extranonce is `prefix ‖ rolled` (`prefix_len + rolled`
     /// bytes), its target its own.
     pub fn job_for(

@@ -62,6 +62,9 @@ async fn every_miner_kind_follows_two_switches_and_a_failover_without_disconnect
         o.version_rolling = matches!(kind, MinerKind::Sv1 | MinerKind::Sv2Extended);
         o.authority_public_key = Some(PROXY_PUB.into());
         o.target_shares_per_sec = Some(40.0);
+        // Like SRI's translator: an extended channel that rolls 6 bytes (4 for its miners, 2 of
+        // its own), more than the proxy's default 4: taken from the upstream's padding.
+        o.min_extranonce_size = 6;
         runs.push((kind, tokio::spawn(defpool_loadgen::run_miners(o, None))));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

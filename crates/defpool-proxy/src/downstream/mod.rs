@@ -12,11 +12,13 @@ use crate::template::JobTemplate;
 use crate::upstream::UpstreamShare;
 
 /// Forwards a share to the upstream of the job it solved, if it meets that upstream's target.
-/// `extranonce` is the miner's whole extranonce (`prefix ‖ rolled`).
+/// `extranonce` is the miner's whole extranonce (`prefix ‖ rolled`); `pad` the zeros before it
+/// (the template's fold pad, or less for a channel that rolls more).
 pub async fn forward(
     template: &Arc<JobTemplate>,
     checked: &CheckedShare,
     extranonce: &[u8],
+    pad: usize,
     found_by: &crate::identity::MinerIdentity,
 ) -> bool {
     if !template.job.target.is_met_by(&checked.pow_hash)
@@ -24,8 +26,8 @@ pub async fn forward(
     {
         return false;
     }
-    let mut en = Vec::with_capacity(template.fold.pad + extranonce.len());
-    en.resize(template.fold.pad, 0);
+    let mut en = Vec::with_capacity(pad + extranonce.len());
+    en.resize(pad, 0);
     en.extend_from_slice(extranonce);
     let share = UpstreamShare {
         job_id: template.job.job_id.clone(),

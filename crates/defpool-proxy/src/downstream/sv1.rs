@@ -531,7 +531,14 @@ impl Session {
                 .reply_err(id, error_code::LOW_DIFFICULTY, "Low difficulty share")
                 .await;
         }
-        forward(&template, &checked, &extranonce[..en_len], &identity).await;
+        forward(
+            &template,
+            &checked,
+            &extranonce[..en_len],
+            template.fold.pad,
+            &identity,
+        )
+        .await;
         let mut extra = Vec::new();
         if checked.class == ShareClass::BlockCandidate {
             tracing::info!(coin = %template.coin.as_str(), user = %identity.user, hash = %to_display_hex(&checked.pow_hash), "block candidate");

@@ -60,7 +60,8 @@ struct Channel {
     /// The current work's share cap (see `JobTemplate::share_cap`).
     cap: Option<Target>,
     book: JobBook,
-    jobs: VecDeque<(u32, Arc<JobTemplate>)>,
+    /// Jobs sent: id, template, and the padding this channel's coinbase used.
+    jobs: VecDeque<(u32, Arc<JobTemplate>, usize)>,
     /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
     /// job id; a template re-sent under a new id (vardiff) must not credit the same header
     /// twice. Pruned with the jobs.
@@ -445,13 +446,16 @@ impl Session {
                 })
                 .await;
         }
-        let rolled = self
-            .group
-            .templates
-            .borrow()
-            .as_ref()
-            .map_or(self.group.space.rolled_bytes, |t| t.fold.rolled_bytes);
+        let (mut rolled, room) = self.group.templates.borrow().as_ref().map_or(
+            (self.group.space.rolled_bytes, self.group.space.rolled_bytes),
+            |t| (t.fold.rolled_bytes, t.fold.rolled_bytes + t.fold.pad),
+        );
+        if kind == Kind::Extended && min_extranonce > rolled && min_extranonce <= room {
+            // A miner (or a translating proxy) that rolls more gets it out of the padding.
+            rolled = min_extranonce;
+        }
         if kind == Kind::Extended && min_extranonce > rolled {
+            tracing::info!(peer = %self.peer, min_extranonce, offered = rolled, "SV2 extended channel refused: min_extranonce_size larger than the upstream's room");
             return self
                 .send(&Message::OpenMiningChannelError {
                     request_id,
@@ -625,27 +629,31 @@ impl Session {
         let Some(ch) = self.channels.get_mut(&channel_id) else {
             return Ok(());
         };
-        if t.fold.rolled_bytes != ch.rolled {
-            match ch.kind {
-                // The proxy fills a standard channel's extranonce itself: it always follows.
-                Kind::Standard => ch.rolled = t.fold.rolled_bytes,
-                Kind::Extended => {
-                    self.ctx
-                        .counters
-                        .reconnects_sent
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.group.switch.lock().expect("switch lock").reconnects += 1;
-                    tracing::info!(peer = %self.peer, channel_id, "extended channel cannot follow the new upstream's extranonce space: Reconnect sent");
-                    self.closing = Some("asked to reconnect".into());
-                    return self
-                        .send(&Message::Reconnect {
-                            new_host: String::new(),
-                            new_port: 0,
-                        })
-                        .await;
-                }
+        let pad = match ch.kind {
+            // The proxy fills a standard channel's extranonce itself: it always follows.
+            Kind::Standard => {
+                ch.rolled = t.fold.rolled_bytes;
+                Some(t.fold.pad)
             }
-        }
+            // An extended channel keeps its size; the padding absorbs the difference.
+            Kind::Extended => t.pad_for(ch.rolled),
+        };
+        let Some(pad) = pad else {
+            // Only an extended channel whose size the new upstream cannot hold ends here.
+            self.ctx
+                .counters
+                .reconnects_sent
+                .fetch_add(1, Ordering::Relaxed);
+            self.group.switch.lock().expect("switch lock").reconnects += 1;
+            tracing::info!(peer = %self.peer, channel_id, "extended channel cannot follow the new upstream's extranonce space: Reconnect sent");
+            self.closing = Some("asked to reconnect".into());
+            return self
+                .send(&Message::Reconnect {
+                    new_host: String::new(),
+                    new_port: 0,
+                })
+                .await;
+        };
         let clean = force_clean
             || ch.current.as_ref().is_none_or(|c| !t.continues(c))
             || (t.clean && ch.current.as_ref().is_none_or(|c| c.seq != t.seq));
@@ -661,7 +669,15 @@ impl Session {
         }
         let rolling_allowed = version_rolling && t.version_mask == BIP320_MASK;
         let mask = if rolling_allowed { BIP320_MASK } else { 0 };
-        let job = t.job_for(job_id as u64, ch.prefix.len(), mask, target);
+        let mut job = t.job_for(job_id as u64, ch.prefix.len(), mask, target);
+        let coinbase_prefix = if pad == t.fold.pad {
+            t.coinbase_prefix.clone()
+        } else {
+            let p = t.coinbase_prefix_with_pad(pad);
+            job.coinbase_prefix = p.clone();
+            job.extranonce_size = ch.prefix.len() + ch.rolled;
+            p
+        };
         let min_ntime = (!clean).then_some(t.job.ntime);
         match ch.kind {
             Kind::Standard => {
@@ -681,7 +697,7 @@ impl Session {
                 version: t.job.version,
                 version_rolling_allowed: rolling_allowed,
                 merkle_path: t.job.merkle_branch.clone(),
-                coinbase_tx_prefix: t.coinbase_prefix.clone(),
+                coinbase_tx_prefix: coinbase_prefix,
                 coinbase_tx_suffix: t.job.coinbase2.clone(),
             }),
         }
@@ -697,10 +713,10 @@ impl Session {
         ch.book.add(Arc::new(job), clean, unix_now());
         if ch.jobs.len() >= JOBS_KEPT {
             ch.jobs.pop_front();
-            let oldest = ch.jobs.front().map_or(t.seq, |(_, j)| j.seq);
+            let oldest = ch.jobs.front().map_or(t.seq, |(_, j, _)| j.seq);
             ch.accepted.retain(|_, seq| *seq >= oldest);
         }
-        ch.jobs.push_back((job_id, t.clone()));
+        ch.jobs.push_back((job_id, t.clone(), pad));
         if t.epoch != ch.seen_epoch {
             ch.seen_epoch = t.epoch;
             let mut timer = self.group.switch.lock().expect("switch lock");
@@ -746,11 +762,10 @@ impl Session {
             }
             _ => ch.full_extranonce(),
         };
-        let template = ch
-            .jobs
-            .iter()
-            .find(|(j, _)| *j == job_id)
-            .map(|(_, t)| t.clone());
+        let (template, pad) = match ch.jobs.iter().find(|(j, _, _)| *j == job_id) {
+            Some((_, t, pad)) => (Some(t.clone()), *pad),
+            None => (None, 0),
+        };
         let sub = Submission {
             extranonce: &full,
             ntime,
@@ -844,7 +859,7 @@ impl Session {
                 })
                 .await;
         }
-        forward(&template, &checked, &full, &identity).await;
+        forward(&template, &checked, &full, pad, &identity).await;
         let mut extra = Vec::new();
         if checked.class == ShareClass::BlockCandidate {
             let hash = to_display_hex(&sha256d(&checked.header.serialize()));

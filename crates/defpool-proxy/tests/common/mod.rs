@@ -59,6 +59,8 @@ pub async fn pool(tag: &str, protocol: PoolProtocol) -> RunningPool {
         Algorithm::Sha256d,
     );
     opts.job_interval = Duration::from_millis(700);
+    // Room beyond the proxy's 7 bytes, so extended channels may roll more (out of the padding).
+    opts.extranonce2_size = 12;
     let pool = TestPool::bind(opts).await.unwrap();
     let addr = pool.local_addr();
     let authority = pool.authority_public_key();
