@@ -51,8 +51,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run every role the config file has in one process: the coin adapters and the proxy
-    /// (the server joins with its issue). This is the embedded default.
+    /// Run the server: the control plane proxies connect to (assignments out, batches applied
+    /// exactly once into the store: SQLite or PostgreSQL by `server.database_url`).
+    Server {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run every role the config file has in one process: server, coin adapters and proxy.
+    /// This is the embedded default.
     Run {
         /// Configuration file.
         #[arg(long, short)]
@@ -289,6 +296,7 @@ fn main() -> ExitCode {
         Command::Proxy { config } => proxy(&config),
         Command::Adapter { config, name } => adapter(&config, name.as_deref()),
         Command::Run { config } => run_all(&config),
+        Command::Server { config } => server(&config),
         Command::Loadgen {
             command: LoadgenCommand::Miners(args),
         } => loadgen_miners(&args),
@@ -319,7 +327,7 @@ fn adapter(file: &std::path::Path, name: Option<&str>) -> ExitCode {
         return ExitCode::from(EX_CONFIG as u8);
     }
     init_logging(&valid.config.log);
-    let result = run_roles(&valid, adapters, false);
+    let result = run_roles(&valid, adapters, false, false);
     role_exit(file, "adapter", result)
 }
 
@@ -329,20 +337,20 @@ fn run_all(file: &std::path::Path) -> ExitCode {
         Ok(v) => v,
         Err(e) => return config_error(file, &e),
     };
-    if valid.config.proxy.is_none() && valid.config.adapters.is_empty() {
+    if valid.config.proxy.is_none()
+        && valid.config.adapters.is_empty()
+        && valid.config.server.is_none()
+    {
         eprintln!(
-            "defpool: invalid config {}: the file has neither [proxy] nor [[adapters]]",
+            "defpool: invalid config {}: the file has no [server], [proxy] or [[adapters]]",
             file.display()
         );
         return ExitCode::from(EX_CONFIG as u8);
     }
-    if valid.config.server.is_some() {
-        eprintln!("defpool run: [server] is not implemented yet; running the other roles");
-    }
     init_logging(&valid.config.log);
     let adapters = valid.config.adapters.clone();
     let with_proxy = valid.config.proxy.is_some();
-    let result = run_roles(&valid, adapters, with_proxy);
+    let result = run_roles(&valid, adapters, with_proxy, valid.config.server.is_some());
     role_exit(file, "run", result)
 }
 
@@ -352,10 +360,22 @@ fn run_roles(
     valid: &defpool_config::Validated,
     adapters: Vec<defpool_config::AdapterConfig>,
     with_proxy: bool,
-) -> Result<(), defpool_proxy::proxy::ProxyError> {
+    with_server: bool,
+) -> Result<(), RoleError> {
     block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = tokio::task::JoinSet::<Result<(), RoleError>>::new();
+        if with_server {
+            let v = valid.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                defpool_server::server::run(v, None, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .map_err(RoleError::from)
+            });
+        }
         for a in adapters {
             let v = valid.clone();
             let mut stop = stop_rx.clone();
@@ -364,6 +384,7 @@ fn run_roles(
                     let _ = stop.changed().await;
                 })
                 .await
+                .map_err(RoleError::from)
             });
         }
         if with_proxy {
@@ -374,6 +395,7 @@ fn run_roles(
                     let _ = stop.changed().await;
                 })
                 .await
+                .map_err(RoleError::from)
             });
         }
         let first = tokio::select! {
@@ -394,11 +416,60 @@ fn run_roles(
     })
 }
 
-fn role_exit(
-    file: &std::path::Path,
-    role: &str,
-    result: Result<(), defpool_proxy::proxy::ProxyError>,
-) -> ExitCode {
+/// Why a role stopped: configuration problems exit 78.
+struct RoleError {
+    config: bool,
+    message: String,
+}
+
+impl std::fmt::Display for RoleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl RoleError {
+    fn is_config(&self) -> bool {
+        self.config
+    }
+}
+
+impl From<defpool_proxy::proxy::ProxyError> for RoleError {
+    fn from(e: defpool_proxy::proxy::ProxyError) -> Self {
+        RoleError {
+            config: e.is_config(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<defpool_server::server::ServerError> for RoleError {
+    fn from(e: defpool_server::server::ServerError) -> Self {
+        RoleError {
+            config: e.is_config(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn server(file: &std::path::Path) -> ExitCode {
+    let valid = match defpool_config::load(file) {
+        Ok(v) => v,
+        Err(e) => return config_error(file, &e),
+    };
+    if valid.config.server.is_none() {
+        eprintln!(
+            "defpool: invalid config {}: server: the file has no [server] section",
+            file.display()
+        );
+        return ExitCode::from(EX_CONFIG as u8);
+    }
+    init_logging(&valid.config.log);
+    let result = block_on(defpool_server::server::run(valid, None, stop_signal()));
+    role_exit(file, "server", result.map_err(RoleError::from))
+}
+
+fn role_exit(file: &std::path::Path, role: &str, result: Result<(), RoleError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
@@ -570,7 +641,7 @@ fn proxy(file: &std::path::Path) -> ExitCode {
     }
     init_logging(&valid.config.log);
     let result = block_on(defpool_proxy::proxy::run(valid, None, stop_signal()));
-    role_exit(file, "proxy", result)
+    role_exit(file, "proxy", result.map_err(RoleError::from))
 }
 
 /// Write to stdout; a closed pipe (`defpool coins | head`) ends output quietly instead of

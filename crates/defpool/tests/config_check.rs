@@ -351,7 +351,7 @@ fn help_lists_only_working_subcommands() {
         .collect();
     assert_eq!(
         commands,
-        ["config", "coins", "backtest", "proxy", "run", "adapter", "loadgen", "help"]
+        ["config", "coins", "backtest", "proxy", "server", "run", "adapter", "loadgen", "help"]
     );
 }
 

@@ -1,0 +1,12 @@
+//! The DefPool server.
+//!
+//! * [`control`]: the control plane: proxies (and coin adapters) connect, authenticate with
+//!   their token, get the current assignments and every change, and send batches that the store
+//!   applies exactly once, each acknowledged only after its transaction committed.
+//! * [`server`]: startup (store, migrations, listeners) and shutdown.
+//!
+//! The decision loop, the ledger service, the REST API and the live feed join here with the
+//! rest of the server issue.
+
+pub mod control;
+pub mod server;
