@@ -33,6 +33,7 @@ impl ServerError {
 #[derive(Clone, Debug)]
 pub struct Started {
     pub control: SocketAddr,
+    pub api: SocketAddr,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -55,7 +56,7 @@ pub async fn run(
     let plane = Arc::new(ControlPlane {
         store: store.clone(),
         credentials,
-        assignments,
+        assignments: assignments.clone(),
     });
     let listener = TcpListener::bind(cfg.control_listen)
         .await
@@ -70,10 +71,36 @@ pub async fn run(
             source,
         })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(plane.serve(listener, stop_rx));
+    tokio::spawn(plane.serve(listener, stop_rx.clone()));
     tracing::info!(listen = %control, "control plane open");
+    let api_listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.api_listen,
+            source,
+        })?;
+    let api = api_listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.api_listen,
+            source,
+        })?;
+    let app = crate::api::router(crate::api::ApiState {
+        store: store.clone(),
+        admin_token: cfg.admin_token.clone(),
+        assignments,
+    });
+    let mut api_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            })
+            .await;
+    });
+    tracing::info!(listen = %api, "API open");
     if let Some(tx) = started {
-        let _ = tx.send(Started { control });
+        let _ = tx.send(Started { control, api });
     }
     shutdown.await;
     tracing::info!("server stopping");

@@ -4,61 +4,17 @@
 //! work the proxy's outbox took in (nothing lost, nothing applied twice), which covers every
 //! share the miners were told was accepted (counted independently by the load generator).
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::*;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use defpool_control::ProxyId;
 use defpool_proxy::outbox::{Outbox, OutboxOptions};
 
 const ADDRESS: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn defpool(args: &[&str], log: &Path) -> Proc {
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_defpool"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("defpool starts"),
-    )
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill9(p: &mut Proc) {
-    p.0.kill().unwrap();
-    p.0.wait().unwrap();
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -176,12 +132,12 @@ password = "x"
     );
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(2500));
-        kill9(&mut server);
+        server.kill9();
         std::thread::sleep(Duration::from_millis(500));
         server = defpool(&["server", "--config", &scfg], &dir.join("server.log"));
         wait_port(control_port);
         std::thread::sleep(Duration::from_millis(2500));
-        kill9(&mut proxy);
+        proxy.kill9();
         proxy = defpool(&["proxy", "--config", &pcfg], &dir.join("proxy.log"));
         wait_port(miner_port);
     }

@@ -2,44 +2,18 @@
 //! killed with SIGKILL under load and restarted; afterwards its outbox holds every share the
 //! miners were told was accepted (counted independently by the load generator).
 
-use std::net::TcpListener;
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use defpool_control::{ProxyId, Record};
 use defpool_proxy::outbox::{Outbox, OutboxOptions};
 
 const ADDRESS: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
-
-/// Children die with the test, whatever happens.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn defpool(args: &[&str], log: &Path) -> Proc {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_defpool"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("defpool starts");
-    Proc(child)
-}
 
 fn wait_for_port(port: u16) {
     let until = Instant::now() + Duration::from_secs(20);
