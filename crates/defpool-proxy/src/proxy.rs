@@ -166,17 +166,43 @@ pub async fn run(
         },
         admin_listen: cfg.admin_listen,
         admin_token: cfg.admin_token.clone(),
-        control: cfg.server_url.as_ref().map(|u| {
-            (
-                u.trim_start_matches("tcp://")
-                    .trim_end_matches('/')
-                    .to_string(),
-                cfg.server_token.clone().unwrap_or_else(|| Secret::new("")),
-            )
-        }),
+        control: control_target(
+            &v,
+            &cfg.id,
+            cfg.server_url.as_deref(),
+            cfg.server_token.as_ref(),
+        ),
         connector: None,
     };
     serve(spec, started, shutdown).await
+}
+
+/// Where a proxy or adapter sends its batches: its own `server_url`, or, when the same config
+/// runs the server (the embedded default), that server's control listener with the token
+/// `[[server.proxies]]` gives this id.
+pub fn control_target(
+    v: &Validated,
+    id: &str,
+    server_url: Option<&str>,
+    server_token: Option<&Secret>,
+) -> Option<(String, Secret)> {
+    if let Some(u) = server_url {
+        let address = u
+            .trim_start_matches("tcp://")
+            .trim_end_matches('/')
+            .to_string();
+        return Some((
+            address,
+            server_token.cloned().unwrap_or_else(|| Secret::new("")),
+        ));
+    }
+    let server = v.config.server.as_ref()?;
+    let token = server.proxies.iter().find(|p| p.id == id)?.token.clone()?;
+    let mut addr = server.control_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Some((addr.to_string(), token))
 }
 
 /// Parses and checks an SV2 authority key pair from config (`section` names the keys).
