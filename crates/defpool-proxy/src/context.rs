@@ -207,6 +207,36 @@ impl Context {
         Ok(())
     }
 
+    /// Durably records an accepted share, with a block-candidate event when its hash met the
+    /// network target; returns once it is in the outbox (then the miner may hear "accepted").
+    pub async fn accept_share(
+        &self,
+        id: &MinerIdentity,
+        template: &JobTemplate,
+        checked: &defpool_core::share::CheckedShare,
+        work: u128,
+        late: bool,
+    ) -> Result<(), OutboxError> {
+        let mut extra = Vec::new();
+        if checked.class == defpool_core::share::ShareClass::BlockCandidate {
+            let hash = defpool_core::hash::to_display_hex(&defpool_core::hash::sha256d(
+                &checked.header.serialize(),
+            ));
+            tracing::info!(coin = %template.coin.as_str(), user = %id.user, hash = %hash, "block candidate");
+            extra.push(Record::Event(defpool_control::Event::BlockCandidate {
+                coin: template.coin.clone(),
+                epoch: template.epoch,
+                upstream: template.upstream.name.clone(),
+                user: id.user.clone(),
+                worker: id.worker.clone(),
+                block_hash: hash,
+                height: None,
+                at_ms: now_ms(),
+            }));
+        }
+        self.record_accepted(id, template, work, late, extra).await
+    }
+
     /// Records a rejected share (counted in batches; the reply does not wait for it).
     pub async fn record_rejected(
         &self,

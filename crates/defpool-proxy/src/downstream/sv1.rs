@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{Event, Record};
-use defpool_core::hash::to_display_hex;
 use defpool_core::share::{JobBook, ShareClass, Submission, SubmittedVersion};
 use defpool_core::work::Target;
 use defpool_stratum::sv1::{
@@ -539,26 +537,9 @@ impl Session {
             &identity,
         )
         .await;
-        let mut extra = Vec::new();
-        if checked.class == ShareClass::BlockCandidate {
-            tracing::info!(coin = %template.coin.as_str(), user = %identity.user, hash = %to_display_hex(&checked.pow_hash), "block candidate");
-            extra.push(Record::Event(Event::BlockCandidate {
-                coin: template.coin.clone(),
-                epoch: template.epoch,
-                upstream: template.upstream.name.clone(),
-                user: identity.user.clone(),
-                worker: identity.worker.clone(),
-                block_hash: to_display_hex(&defpool_core::hash::sha256d(
-                    &checked.header.serialize(),
-                )),
-                height: None,
-                at_ms: now_ms(),
-            }));
-        }
-        let work = share_target.work();
         if let Err(e) = self
             .ctx
-            .record_accepted(&identity, &template, work, late, extra)
+            .accept_share(&identity, &template, &checked, share_target.work(), late)
             .await
         {
             // Not durable, so not acknowledged: the miner's counter stays honest.

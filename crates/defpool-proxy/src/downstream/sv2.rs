@@ -10,8 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{Event, Record};
-use defpool_core::hash::{sha256d, to_display_hex};
 use defpool_core::share::{JobBook, Reject, ShareClass, Submission, SubmittedVersion};
 use defpool_core::work::{Target, HASHES_PER_DIFFICULTY};
 use defpool_stratum::sv2::{
@@ -860,25 +858,9 @@ impl Session {
                 .await;
         }
         forward(&template, &checked, &full, pad, &identity).await;
-        let mut extra = Vec::new();
-        if checked.class == ShareClass::BlockCandidate {
-            let hash = to_display_hex(&sha256d(&checked.header.serialize()));
-            tracing::info!(coin = %template.coin.as_str(), user = %identity.user, hash = %hash, "block candidate");
-            extra.push(Record::Event(Event::BlockCandidate {
-                coin: template.coin.clone(),
-                epoch: template.epoch,
-                upstream: template.upstream.name.clone(),
-                user: identity.user.clone(),
-                worker: identity.worker.clone(),
-                block_hash: hash,
-                height: None,
-                at_ms: now_ms(),
-            }));
-        }
-        let work = share_target.work();
         if let Err(e) = self
             .ctx
-            .record_accepted(&identity, &template, work, late, extra)
+            .accept_share(&identity, &template, &checked, share_target.work(), late)
             .await
         {
             tracing::error!(error = %e, "outbox write failed; share not acknowledged");
@@ -893,7 +875,7 @@ impl Session {
         if let Some(c) = self.channels.get_mut(&channel_id) {
             c.accepted.insert(header, template.seq);
         }
-        let shares_sum = (work >> 32).clamp(1, u64::MAX as u128) as u64;
+        let shares_sum = (share_target.work() >> 32).clamp(1, u64::MAX as u128) as u64;
         self.send(&Message::SubmitSharesSuccess {
             channel_id,
             last_sequence_number: seq,
