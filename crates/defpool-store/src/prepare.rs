@@ -1,0 +1,426 @@
+//! A batch turned into the rows it adds, before any database is touched: records of one key
+//! added up, every number checked to fit its column, keys sorted (so concurrent transactions
+//! lock rows in the same order).
+
+use std::collections::BTreeMap;
+
+use defpool_control::{Batch, Event, Record};
+use defpool_core::Ticker;
+
+use crate::error::{to_i64, StoreError};
+
+pub(crate) const MINUTE_MS: u64 = 60_000;
+pub(crate) const STALE_REASON: &str = "stale-share";
+
+/// Numbers of a rollup row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Amounts {
+    pub work: u128,
+    pub shares: i64,
+    pub rejected: i64,
+    pub stale: i64,
+}
+
+impl Amounts {
+    fn add(&mut self, other: &Amounts) -> Result<(), StoreError> {
+        self.work = add_work(self.work, other.work, "a batch's rollup")?;
+        self.shares = add_count(self.shares, other.shares)?;
+        self.rejected = add_count(self.rejected, other.rejected)?;
+        self.stale = add_count(self.stale, other.stale)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UserRow<'a> {
+    pub user: &'a str,
+    pub payout_address: Option<&'a str>,
+    pub first_seen_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WorkerRow<'a> {
+    pub user: &'a str,
+    pub worker: &'a str,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_share_ms: Option<i64>,
+    pub accepted: i64,
+    pub late: i64,
+    pub rejected: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WorkKey<'a> {
+    pub user: &'a str,
+    pub worker: &'a str,
+    pub coin: &'a str,
+    pub epoch: i64,
+    pub upstream: &'a str,
+    pub minute_ms: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkRow {
+    pub work: u128,
+    pub accepted: i64,
+    pub late: i64,
+    pub rejected: i64,
+    pub stale: i64,
+}
+
+/// Everything a batch writes, in key order, borrowing the batch's strings.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared<'a> {
+    pub proxy_id: &'a str,
+    pub sequence: i64,
+    pub created_at_ms: i64,
+    pub users: Vec<UserRow<'a>>,
+    pub workers: Vec<WorkerRow<'a>>,
+    /// (user, worker, reason) → shares.
+    pub rejects: Vec<((&'a str, &'a str, &'a str), i64)>,
+    pub work: Vec<(WorkKey<'a>, WorkRow)>,
+    /// (user, minute, coin) → amounts.
+    pub user_minutes: Vec<((&'a str, i64, &'a str), Amounts)>,
+    /// (coin, minute) → amounts.
+    pub coin_minutes: Vec<((&'a str, i64), Amounts)>,
+    pub work_records: usize,
+    pub user_records: usize,
+    pub total_work: u128,
+}
+
+pub(crate) fn add_work(a: u128, b: u128, what: &'static str) -> Result<u128, StoreError> {
+    a.checked_add(b).ok_or(StoreError::WorkOverflow { what })
+}
+
+fn add_count(a: i64, b: i64) -> Result<i64, StoreError> {
+    a.checked_add(b).ok_or_else(|| StoreError::OutOfRange {
+        what: "share count",
+        value: format!("{a} + {b}"),
+    })
+}
+
+/// The minute a work record is booked in: the one holding the end of its period (its latest
+/// share). `to_ms` is exclusive.
+pub(crate) fn minute_of(from_ms: u64, to_ms: u64) -> u64 {
+    let last = to_ms.saturating_sub(1).max(from_ms);
+    last - last % MINUTE_MS
+}
+
+pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
+    let mut users: BTreeMap<&str, UserRow> = BTreeMap::new();
+    let mut workers: BTreeMap<(&str, &str), WorkerRow> = BTreeMap::new();
+    let mut rejects: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    let mut work: BTreeMap<WorkKey, WorkRow> = BTreeMap::new();
+    let mut user_minutes: BTreeMap<(&str, i64, &str), Amounts> = BTreeMap::new();
+    let mut coin_minutes: BTreeMap<(&str, i64), Amounts> = BTreeMap::new();
+    let mut p = Prepared {
+        proxy_id: &batch.proxy_id.0,
+        sequence: to_i64("batch sequence", batch.sequence)?,
+        created_at_ms: to_i64("batch created_at_ms", batch.created_at_ms)?,
+        ..Prepared::default()
+    };
+
+    for record in &batch.records {
+        match record {
+            Record::User(u) => {
+                p.user_records += 1;
+                let seen = to_i64("user first_seen_ms", u.first_seen_ms)?;
+                let row = users.entry(&u.user).or_insert_with(|| UserRow {
+                    user: &u.user,
+                    payout_address: None,
+                    first_seen_ms: seen,
+                });
+                row.first_seen_ms = row.first_seen_ms.min(seen);
+                if row.payout_address.is_none() {
+                    row.payout_address = u.payout_address.as_deref();
+                }
+            }
+            Record::Work(w) => {
+                p.work_records += 1;
+                let from = to_i64("work from_ms", w.from_ms)?;
+                let to = to_i64("work to_ms", w.to_ms.max(w.from_ms))?;
+                let credited = add_work(w.accepted_work, w.late_work, "a work record")?;
+                p.total_work = add_work(p.total_work, credited, "a batch")?;
+                let accepted = to_i64("accepted_shares", w.accepted_shares)?;
+                let late = to_i64("late_shares", w.late_shares)?;
+                let mut rejected = 0i64;
+                for (reason, n) in &w.rejected {
+                    let n = to_i64("rejected shares", *n)?;
+                    rejected = add_count(rejected, n)?;
+                    let slot = rejects.entry((&w.user, &w.worker, reason)).or_insert(0);
+                    *slot = add_count(*slot, n)?;
+                }
+                let stale = to_i64(
+                    "stale shares",
+                    w.rejected.get(STALE_REASON).copied().unwrap_or(0),
+                )?;
+                let minute = to_i64("work minute", minute_of(w.from_ms, w.to_ms))?;
+                let coin = w.coin.as_str();
+
+                let user = users.entry(&w.user).or_insert_with(|| UserRow {
+                    user: &w.user,
+                    payout_address: None,
+                    first_seen_ms: from,
+                });
+                user.first_seen_ms = user.first_seen_ms.min(from);
+
+                let worker = workers
+                    .entry((&w.user, &w.worker))
+                    .or_insert_with(|| WorkerRow {
+                        user: &w.user,
+                        worker: &w.worker,
+                        first_seen_ms: from,
+                        last_seen_ms: to,
+                        last_share_ms: None,
+                        accepted: 0,
+                        late: 0,
+                        rejected: 0,
+                    });
+                worker.first_seen_ms = worker.first_seen_ms.min(from);
+                worker.last_seen_ms = worker.last_seen_ms.max(to);
+                if accepted > 0 || late > 0 {
+                    worker.last_share_ms = Some(worker.last_share_ms.map_or(to, |t| t.max(to)));
+                }
+                worker.accepted = add_count(worker.accepted, accepted)?;
+                worker.late = add_count(worker.late, late)?;
+                worker.rejected = add_count(worker.rejected, rejected)?;
+
+                let row = work
+                    .entry(WorkKey {
+                        user: &w.user,
+                        worker: &w.worker,
+                        coin,
+                        epoch: to_i64("epoch", w.epoch)?,
+                        upstream: &w.upstream,
+                        minute_ms: minute,
+                    })
+                    .or_default();
+                row.work = add_work(row.work, credited, "a batch's work row")?;
+                row.accepted = add_count(row.accepted, accepted)?;
+                row.late = add_count(row.late, late)?;
+                row.rejected = add_count(row.rejected, rejected)?;
+                row.stale = add_count(row.stale, stale)?;
+
+                let amounts = Amounts {
+                    work: credited,
+                    shares: add_count(accepted, late)?,
+                    rejected,
+                    stale,
+                };
+                user_minutes
+                    .entry((&w.user, minute, coin))
+                    .or_default()
+                    .add(&amounts)?;
+                coin_minutes
+                    .entry((coin, minute))
+                    .or_default()
+                    .add(&amounts)?;
+            }
+            Record::Event(e) => check_event(e)?,
+        }
+    }
+    p.users = users.into_values().collect();
+    p.workers = workers.into_values().collect();
+    p.rejects = rejects.into_iter().collect();
+    p.work = work.into_iter().collect();
+    p.user_minutes = user_minutes.into_iter().collect();
+    p.coin_minutes = coin_minutes.into_iter().collect();
+    Ok(p)
+}
+
+/// Checks an event's numbers fit before the transaction starts.
+fn check_event(e: &Event) -> Result<(), StoreError> {
+    match e {
+        Event::BlockCandidate {
+            epoch,
+            height,
+            at_ms,
+            ..
+        } => {
+            to_i64("candidate epoch", *epoch)?;
+            if let Some(h) = height {
+                to_i64("candidate height", *h)?;
+            }
+            to_i64("event at_ms", *at_ms)?;
+        }
+        Event::BlockFound {
+            height,
+            reward,
+            at_ms,
+            ..
+        } => {
+            to_i64("block height", *height)?;
+            to_i64("block reward", *reward)?;
+            to_i64("event at_ms", *at_ms)?;
+        }
+        Event::BlockRejected { height, at_ms, .. } | Event::BlockStatus { height, at_ms, .. } => {
+            to_i64("block height", *height)?;
+            to_i64("event at_ms", *at_ms)?;
+        }
+        Event::UpstreamHealth { at_ms, .. } => {
+            to_i64("event at_ms", *at_ms)?;
+        }
+        Event::SwitchTiming {
+            to_epoch, at_ms, ..
+        } => {
+            to_i64("switch to_epoch", *to_epoch)?;
+            to_i64("event at_ms", *at_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// An event's effect on the `blocks` table, common to both backends.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockUpdate {
+    pub block_hash: String,
+    pub coin: Ticker,
+    /// The phase this event stands for.
+    pub phase: crate::BlockPhase,
+    pub height: Option<i64>,
+    pub reward: Option<i64>,
+    pub adapter: Option<String>,
+    pub found_by: Option<String>,
+    pub upstream: Option<String>,
+    pub user: Option<String>,
+    pub worker: Option<String>,
+    pub epoch: Option<i64>,
+    pub confirmations: Option<i64>,
+    pub reason: Option<String>,
+    pub at_ms: i64,
+}
+
+impl BlockUpdate {
+    pub(crate) fn of(e: &Event) -> Option<BlockUpdate> {
+        use crate::BlockPhase as P;
+        let blank = |hash: &String, coin: &Ticker, phase, at_ms: u64| BlockUpdate {
+            block_hash: hash.clone(),
+            coin: coin.clone(),
+            phase,
+            height: None,
+            reward: None,
+            adapter: None,
+            found_by: None,
+            upstream: None,
+            user: None,
+            worker: None,
+            epoch: None,
+            confirmations: None,
+            reason: None,
+            // Checked by `check_event`.
+            at_ms: at_ms as i64,
+        };
+        Some(match e {
+            Event::BlockCandidate {
+                coin,
+                epoch,
+                upstream,
+                user,
+                worker,
+                block_hash,
+                height,
+                at_ms,
+            } => BlockUpdate {
+                height: height.map(|h| h as i64),
+                upstream: Some(upstream.clone()),
+                user: Some(user.clone()),
+                worker: Some(worker.clone()),
+                epoch: Some(*epoch as i64),
+                ..blank(block_hash, coin, P::Candidate, *at_ms)
+            },
+            Event::BlockFound {
+                coin,
+                adapter,
+                height,
+                block_hash,
+                reward,
+                found_by,
+                at_ms,
+            } => BlockUpdate {
+                height: Some(*height as i64),
+                reward: Some(*reward as i64),
+                adapter: Some(adapter.clone()),
+                found_by: Some(found_by.clone()),
+                ..blank(block_hash, coin, P::Found, *at_ms)
+            },
+            Event::BlockRejected {
+                coin,
+                adapter,
+                height,
+                block_hash,
+                reason,
+                at_ms,
+            } => BlockUpdate {
+                height: Some(*height as i64),
+                adapter: Some(adapter.clone()),
+                reason: Some(reason.clone()),
+                ..blank(block_hash, coin, P::Rejected, *at_ms)
+            },
+            Event::BlockStatus {
+                coin,
+                adapter,
+                height,
+                block_hash,
+                state,
+                confirmations,
+                at_ms,
+            } => BlockUpdate {
+                height: Some(*height as i64),
+                adapter: Some(adapter.clone()),
+                confirmations: Some(*confirmations),
+                ..blank(
+                    block_hash,
+                    coin,
+                    match state {
+                        defpool_control::BlockState::Immature => P::Immature,
+                        defpool_control::BlockState::Matured => P::Matured,
+                        defpool_control::BlockState::Orphaned => P::Orphaned,
+                    },
+                    *at_ms,
+                )
+            },
+            Event::UpstreamHealth { .. } | Event::SwitchTiming { .. } => return None,
+        })
+    }
+
+    /// The phase after this event, given the stored one. A candidate (from a proxy) never
+    /// overrides the adapter's view; `found` never moves a block back from a later phase; the
+    /// adapter's rejected and status events apply in the order the adapter sent them.
+    pub(crate) fn next_phase(&self, current: Option<crate::BlockPhase>) -> crate::BlockPhase {
+        use crate::BlockPhase as P;
+        match (current, self.phase) {
+            (None, p) => p,
+            (Some(cur), P::Candidate) => cur,
+            (Some(P::Candidate), p) => p,
+            (Some(cur @ (P::Immature | P::Matured | P::Orphaned)), P::Found) => cur,
+            (Some(_), p) => p,
+        }
+    }
+
+    /// The history line's detail.
+    pub(crate) fn detail(&self) -> Option<String> {
+        match self.phase {
+            crate::BlockPhase::Rejected => self.reason.clone(),
+            crate::BlockPhase::Candidate => self
+                .user
+                .as_ref()
+                .map(|u| format!("{u}.{}", self.worker.as_deref().unwrap_or(""))),
+            crate::BlockPhase::Found => self.reward.map(|r| format!("reward {r}")),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minutes() {
+        assert_eq!(minute_of(0, 1), 0);
+        assert_eq!(minute_of(0, 60_000), 0);
+        assert_eq!(minute_of(0, 60_001), 60_000);
+        assert_eq!(minute_of(119_999, 119_999), 60_000);
+    }
+}

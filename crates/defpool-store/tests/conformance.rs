@@ -1,0 +1,1640 @@
+//! One conformance suite, run against SQLite (a temporary file) and PostgreSQL.
+//!
+//! PostgreSQL: `DEFPOOL_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
+//! Each test creates its own schema `defpool_test_<pid>_<n>` and drops it at the end. If
+//! PostgreSQL is unreachable the PostgreSQL tests fail, unless `DEFPOOL_SKIP_POSTGRES=1`.
+//!
+//! The ingest figure: `cargo test -p defpool-store --test conformance -- --ignored --nocapture`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use defpool_control::{
+    Assignment, Batch, BlockState, Event, HealthState, MiningTarget, ProxyId, Record, UpstreamKind,
+    UpstreamRef, UserRecord, WorkRecord,
+};
+use defpool_core::secret::Secret;
+use defpool_core::{Algorithm, Ticker};
+use defpool_store::*;
+use sqlx::Connection;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next_n() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh database for one test; removed when dropped (also when the test panics).
+struct TestDb {
+    store: Store,
+    url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(PathBuf),
+    Schema { admin_url: String, schema: String },
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let path = std::env::temp_dir().join(format!(
+            "defpool-store-test-{}-{}.db",
+            std::process::id(),
+            next_n()
+        ));
+        remove_sqlite(&path);
+        let url = format!("sqlite:{}", path.display());
+        let store = Store::connect(&url).await.expect("open SQLite");
+        store.migrate().await.expect("migrate SQLite");
+        TestDb {
+            store,
+            url,
+            cleanup: Cleanup::File(path),
+        }
+    }
+
+    /// `None` when PostgreSQL is skipped on purpose.
+    async fn postgres() -> Option<TestDb> {
+        if std::env::var("DEFPOOL_SKIP_POSTGRES").as_deref() == Ok("1") {
+            eprintln!("DEFPOOL_SKIP_POSTGRES=1: skipping the PostgreSQL half");
+            return None;
+        }
+        let admin_url =
+            std::env::var("DEFPOOL_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_string());
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "PostgreSQL is unreachable ({e}). Start it (pg_ctlcluster … main start), point \
+                 DEFPOOL_TEST_POSTGRES at a server, or set DEFPOOL_SKIP_POSTGRES=1 to skip the \
+                 PostgreSQL half of the conformance suite."
+            ),
+        };
+        let schema = format!("defpool_test_{}_{}", std::process::id(), next_n());
+        sqlx::Executor::execute(
+            &mut admin,
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str(),
+        )
+        .await
+        .expect("drop old schema");
+        sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .expect("create schema");
+        admin.close().await.ok();
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+        let store = Store::connect(&url).await.expect("connect PostgreSQL");
+        store.migrate().await.expect("migrate PostgreSQL");
+        Some(TestDb {
+            store,
+            url,
+            cleanup: Cleanup::Schema { admin_url, schema },
+        })
+    }
+}
+
+fn remove_sqlite(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => remove_sqlite(path),
+            Cleanup::Schema { admin_url, schema } => {
+                let (url, schema) = (admin_url.clone(), schema.clone());
+                // Drop runs inside the test's runtime: clean up on a thread with its own.
+                let done = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async move {
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                            let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
+                            let _ = c.close().await;
+                        }
+                    })
+                });
+                let _ = done.join();
+            }
+        }
+    }
+}
+
+/// Generates `sqlite::<name>` and `postgres::<name>` for each conformance test.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    batches_apply_exactly_once,
+    concurrent_copies_of_a_batch_apply_once,
+    bad_batches_change_nothing,
+    users_and_workers_upsert,
+    work_sums_are_exact_beyond_u64,
+    rollups_and_series,
+    pplns_window,
+    ledger_refuses_unbalanced_and_is_idempotent,
+    concurrent_posts_of_a_transaction_apply_once,
+    block_phases_are_stored,
+    proxy_events_are_stored,
+    decisions_assignments_and_admin_state,
+    futures_are_send,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn t(s: &str) -> Ticker {
+    s.parse().unwrap()
+}
+
+fn proxy(s: &str) -> ProxyId {
+    ProxyId(s.into())
+}
+
+const MIN: u64 = 60_000;
+/// A base time on a minute boundary.
+const T0: u64 = 1_700_000_040_000;
+
+fn work(user: &str, worker: &str, coin: &str, minute: u64, w: u128) -> WorkRecord {
+    WorkRecord {
+        user: user.into(),
+        worker: worker.into(),
+        coin: t(coin),
+        epoch: 1,
+        upstream: format!("{}-solo", coin.to_lowercase()),
+        accepted_work: w,
+        accepted_shares: 1,
+        late_work: 0,
+        late_shares: 0,
+        rejected: BTreeMap::new(),
+        from_ms: T0 + minute * MIN,
+        to_ms: T0 + minute * MIN + 1_000,
+    }
+}
+
+fn batch(p: &str, sequence: u64, records: Vec<Record>) -> Batch {
+    Batch {
+        proxy_id: proxy(p),
+        sequence,
+        created_at_ms: T0,
+        records,
+    }
+}
+
+fn works(records: Vec<WorkRecord>) -> Vec<Record> {
+    records.into_iter().map(Record::Work).collect()
+}
+
+fn applied(o: ApplyOutcome) -> ApplySummary {
+    match o {
+        ApplyOutcome::Applied(s) => s,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+fn entry(account: &str, coin: &str, amount: i64) -> LedgerEntry {
+    LedgerEntry {
+        account: account.into(),
+        coin: t(coin),
+        amount,
+    }
+}
+
+fn assignment(epoch: u64, coin: &str) -> Assignment {
+    Assignment {
+        epoch,
+        group: "default".into(),
+        algorithm: Algorithm::Scrypt,
+        targets: vec![MiningTarget {
+            coin: t(coin),
+            merged: vec![t("DOGE")],
+            weight: 1,
+        }],
+        upstreams: vec![UpstreamRef {
+            name: format!("{}-solo", coin.to_lowercase()),
+            coin: t(coin),
+            kind: UpstreamKind::Adapter,
+            address: "127.0.0.1:3400".into(),
+            authority_public_key: None,
+            username: "proxy-1".into(),
+            password: Secret::new("x"),
+        }],
+        standby: vec![],
+        issued_at_ms: T0 + epoch,
+        reason: format!("epoch {epoch}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------------------------
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let s = &db.store;
+    // The harness migrated once already.
+    let again = s.migrate().await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    assert_eq!(again.version, 1);
+    // A second handle on the same database (a restarted server) finds nothing to do either.
+    let other = Store::connect(&db.url).await.unwrap();
+    assert!(other.migrate().await.unwrap().applied.is_empty());
+    // Concurrent migrators (several servers starting together) agree.
+    let (a, b) = tokio::join!(s.migrate(), other.migrate());
+    assert!(a.unwrap().applied.is_empty() && b.unwrap().applied.is_empty());
+    other.close().await;
+    assert_eq!(s.total_work().await.unwrap(), 0);
+
+    match s.backend() {
+        Backend::Sqlite => {
+            // WAL is a property of the file: a plain connection sees it.
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(mode.to_lowercase(), "wal");
+            c.close().await.unwrap();
+        }
+        Backend::Postgres => {}
+    }
+}
+
+async fn batches_apply_exactly_once(db: &TestDb) {
+    let s = &db.store;
+    let b1 = batch("p1", 1, works(vec![work("alice", "rig1", "LTC", 0, 1_000)]));
+    let sum = applied(s.apply_batch(&b1).await.unwrap());
+    assert_eq!(sum.work, 1_000);
+    assert_eq!(sum.work_records, 1);
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 1);
+
+    // The same batch again (a lost acknowledgement): acknowledged, nothing doubled.
+    let again = s.apply_batch(&b1).await.unwrap();
+    assert_eq!(again, ApplyOutcome::Duplicate { last_sequence: 1 });
+    assert!(again.acknowledge());
+    assert_eq!(s.total_work().await.unwrap(), 1_000);
+    assert_eq!(s.workers("alice").await.unwrap()[0].accepted_shares, 1);
+
+    // A gap is refused, and changes nothing.
+    let b3 = batch("p1", 3, works(vec![work("alice", "rig1", "LTC", 0, 5)]));
+    let gap = s.apply_batch(&b3).await.unwrap();
+    assert_eq!(gap, ApplyOutcome::Gap { expected: 2 });
+    assert!(!gap.acknowledge());
+    assert_eq!(s.total_work().await.unwrap(), 1_000);
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 1);
+
+    // Sequences are per proxy.
+    let other = batch("p2", 1, works(vec![work("bob", "rig1", "LTC", 0, 7)]));
+    applied(s.apply_batch(&other).await.unwrap());
+    assert_eq!(
+        s.apply_batch(&batch("p2", 5, vec![])).await.unwrap(),
+        ApplyOutcome::Gap { expected: 2 }
+    );
+    // A new proxy must start at 1.
+    assert_eq!(
+        s.apply_batch(&batch("p3", 2, vec![])).await.unwrap(),
+        ApplyOutcome::Gap { expected: 1 }
+    );
+    assert_eq!(s.last_sequence(&proxy("p3")).await.unwrap(), 0);
+
+    let b2 = batch("p1", 2, works(vec![work("alice", "rig1", "LTC", 0, 20)]));
+    applied(s.apply_batch(&b2).await.unwrap());
+    applied(s.apply_batch(&b3).await.unwrap());
+    // An old one after newer ones is still a duplicate.
+    assert_eq!(
+        s.apply_batch(&b1).await.unwrap(),
+        ApplyOutcome::Duplicate { last_sequence: 3 }
+    );
+    // Empty batches advance the sequence too.
+    applied(s.apply_batch(&batch("p1", 4, vec![])).await.unwrap());
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 4);
+    assert_eq!(s.last_sequence(&proxy("p2")).await.unwrap(), 1);
+    assert_eq!(s.total_work().await.unwrap(), 1_000 + 7 + 20 + 5);
+}
+
+async fn concurrent_copies_of_a_batch_apply_once(db: &TestDb) {
+    let s = &db.store;
+    for seq in 1..=3u64 {
+        let records = works(
+            (0..50)
+                .map(|i| work(&format!("u{i}"), "w", "LTC", seq, 1 << 70))
+                .collect(),
+        );
+        let b = batch("px", seq, records);
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, b) = (s.clone(), b.clone());
+                tokio::spawn(async move { s.apply_batch(&b).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        let n_applied = outcomes
+            .iter()
+            .filter(|o| matches!(o, ApplyOutcome::Applied(_)))
+            .count();
+        assert_eq!(n_applied, 1, "{outcomes:?}");
+        for o in &outcomes {
+            match o {
+                ApplyOutcome::Applied(_) => {}
+                ApplyOutcome::Duplicate { last_sequence } => assert_eq!(*last_sequence, seq),
+                ApplyOutcome::Gap { .. } => panic!("a copy saw a gap: {outcomes:?}"),
+            }
+        }
+    }
+    assert_eq!(s.total_work().await.unwrap(), 3 * 50 * (1u128 << 70));
+    assert_eq!(s.last_sequence(&proxy("px")).await.unwrap(), 3);
+
+    // Different proxies sharing users, concurrently: everything counted once.
+    let tasks: Vec<_> = (0..4)
+        .map(|p| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for seq in 1..=5u64 {
+                    let records = works(
+                        (0..40)
+                            .rev()
+                            .map(|i| work(&format!("u{i}"), "w", "LTC", 10 + seq, 3))
+                            .collect(),
+                    );
+                    applied(
+                        s.apply_batch(&batch(&format!("q{p}"), seq, records))
+                            .await
+                            .unwrap(),
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        s.total_work().await.unwrap(),
+        3 * 50 * (1u128 << 70) + 4 * 5 * 40 * 3
+    );
+}
+
+async fn bad_batches_change_nothing(db: &TestDb) {
+    let s = &db.store;
+    let mut w = work("alice", "rig1", "LTC", 0, 10);
+    w.epoch = u64::MAX; // does not fit a signed 64-bit column
+    let b = batch("p1", 1, vec![Record::Work(w)]);
+    let err = s.apply_batch(&b).await.unwrap_err();
+    assert!(matches!(err, StoreError::OutOfRange { .. }), "{err}");
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 0);
+    assert_eq!(s.total_work().await.unwrap(), 0);
+    assert!(s.users().await.unwrap().is_empty());
+
+    // Work overflowing u128 within one batch is refused whole.
+    let b = batch(
+        "p1",
+        1,
+        works(vec![
+            work("alice", "rig1", "LTC", 0, u128::MAX),
+            work("bob", "rig1", "LTC", 0, 1),
+        ]),
+    );
+    let err = s.apply_batch(&b).await.unwrap_err();
+    assert!(matches!(err, StoreError::WorkOverflow { .. }), "{err}");
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 0);
+
+    // Across batches: the row that would overflow is refused by the database, atomically.
+    applied(
+        s.apply_batch(&batch(
+            "p1",
+            1,
+            works(vec![work("alice", "rig1", "LTC", 0, u128::MAX)]),
+        ))
+        .await
+        .unwrap(),
+    );
+    let err = s
+        .apply_batch(&batch(
+            "p1",
+            2,
+            works(vec![work("alice", "rig1", "LTC", 0, 1)]),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database { .. }), "{err}");
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 1);
+    assert_eq!(s.total_work().await.unwrap(), u128::MAX);
+}
+
+async fn users_and_workers_upsert(db: &TestDb) {
+    let s = &db.store;
+    let mut w1 = work("ltc1qalice", "rig1", "LTC", 2, 100);
+    w1.rejected.insert("stale-share".into(), 2);
+    w1.rejected.insert("duplicate-share".into(), 1);
+    w1.late_shares = 3;
+    w1.late_work = 30;
+    let b1 = batch(
+        "p1",
+        1,
+        vec![
+            Record::User(UserRecord {
+                user: "ltc1qalice".into(),
+                payout_address: Some("bc1qalicepayout".into()),
+                first_seen_ms: T0 + 2 * MIN,
+            }),
+            Record::Work(w1),
+            Record::User(UserRecord {
+                user: "account-bob".into(),
+                payout_address: None,
+                first_seen_ms: T0 + 5 * MIN,
+            }),
+        ],
+    );
+    let sum = applied(s.apply_batch(&b1).await.unwrap());
+    assert_eq!(sum.user_records, 2);
+    assert_eq!(sum.work, 130);
+
+    // Another proxy saw alice earlier, with no address; and a worker with only rejects.
+    let mut w2 = work("ltc1qalice", "rig1", "LTC", 4, 50);
+    w2.rejected.insert("stale-share".into(), 1);
+    let mut w3 = work("ltc1qalice", "rig2", "LTC", 1, 0);
+    w3.accepted_shares = 0;
+    w3.rejected.insert("low-difficulty-share".into(), 4);
+    let b2 = batch(
+        "p2",
+        1,
+        vec![
+            Record::User(UserRecord {
+                user: "ltc1qalice".into(),
+                payout_address: None,
+                first_seen_ms: T0,
+            }),
+            Record::Work(w2),
+            Record::Work(w3),
+        ],
+    );
+    applied(s.apply_batch(&b2).await.unwrap());
+
+    let users = s.users().await.unwrap();
+    assert_eq!(
+        users.iter().map(|u| u.user.as_str()).collect::<Vec<_>>(),
+        ["account-bob", "ltc1qalice"]
+    );
+    let alice = s.user("ltc1qalice").await.unwrap().unwrap();
+    assert_eq!(alice.payout_address.as_deref(), Some("bc1qalicepayout"));
+    assert_eq!(alice.first_seen_ms, T0);
+    assert_eq!(alice.last_seen_ms, T0 + 4 * MIN + 1_000);
+    assert_eq!(s.user("nobody").await.unwrap(), None);
+    let bob = s.user("account-bob").await.unwrap().unwrap();
+    assert_eq!(bob.payout_address, None);
+
+    let workers = s.workers("ltc1qalice").await.unwrap();
+    assert_eq!(workers.len(), 2);
+    let rig1 = &workers[0];
+    assert_eq!(rig1.worker, "rig1");
+    assert_eq!(rig1.accepted_shares, 2);
+    assert_eq!(rig1.late_shares, 3);
+    assert_eq!(rig1.rejected_shares, 4);
+    assert_eq!(rig1.rejected_by_reason["stale-share"], 3);
+    assert_eq!(rig1.rejected_by_reason["duplicate-share"], 1);
+    assert_eq!(rig1.first_seen_ms, T0 + 2 * MIN);
+    assert_eq!(rig1.last_share_ms, Some(T0 + 4 * MIN + 1_000));
+    let rig2 = &workers[1];
+    assert_eq!(rig2.accepted_shares, 0);
+    assert_eq!(rig2.last_share_ms, None, "rejects only: no share time");
+    assert_eq!(rig2.last_seen_ms, T0 + MIN + 1_000);
+    assert_eq!(rig2.rejected_by_reason["low-difficulty-share"], 4);
+
+    // A later accepted share sets the time; an older one never moves it back.
+    let b3 = batch(
+        "p2",
+        2,
+        works(vec![
+            work("ltc1qalice", "rig2", "LTC", 9, 1),
+            work("ltc1qalice", "rig1", "LTC", 0, 1),
+        ]),
+    );
+    applied(s.apply_batch(&b3).await.unwrap());
+    let workers = s.workers("ltc1qalice").await.unwrap();
+    assert_eq!(workers[1].last_share_ms, Some(T0 + 9 * MIN + 1_000));
+    assert_eq!(workers[0].last_share_ms, Some(T0 + 4 * MIN + 1_000));
+    assert_eq!(workers[0].first_seen_ms, T0);
+
+    // An address learnt later fills a missing one; an earlier sighting moves first_seen back;
+    // neither replaces what is known.
+    let b4 = batch(
+        "p1",
+        2,
+        vec![
+            Record::User(UserRecord {
+                user: "account-bob".into(),
+                payout_address: Some("bc1qbob".into()),
+                first_seen_ms: T0 + 6 * MIN,
+            }),
+            Record::User(UserRecord {
+                user: "ltc1qalice".into(),
+                payout_address: Some("bc1qother".into()),
+                first_seen_ms: T0 - MIN,
+            }),
+        ],
+    );
+    applied(s.apply_batch(&b4).await.unwrap());
+    let bob = s.user("account-bob").await.unwrap().unwrap();
+    assert_eq!(bob.payout_address.as_deref(), Some("bc1qbob"));
+    assert_eq!(bob.first_seen_ms, T0 + 5 * MIN);
+    assert_eq!(bob.last_seen_ms, T0 + 5 * MIN, "no workers: first seen");
+    let alice = s.user("ltc1qalice").await.unwrap().unwrap();
+    assert_eq!(alice.payout_address.as_deref(), Some("bc1qalicepayout"));
+    assert_eq!(alice.first_seen_ms, T0 - MIN);
+    assert_eq!(alice.last_seen_ms, T0 + 9 * MIN + 1_000);
+
+    let recent = s.worker_work("ltc1qalice", T0, T0 + 5 * MIN).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].worker, "rig1");
+    assert_eq!(recent[0].work, 130 + 50 + 1);
+    assert_eq!(recent[0].stale_shares, 3);
+    assert_eq!(recent[1].work, 0);
+    assert_eq!(recent[1].rejected_shares, 4);
+}
+
+async fn work_sums_are_exact_beyond_u64(db: &TestDb) {
+    let s = &db.store;
+    let big = (1u128 << 100) + 0xFFFF_FFFF; // every limb boundary in play
+    let mut expected_total = 0u128;
+    let mut per_user: BTreeMap<String, u128> = BTreeMap::new();
+    for seq in 1..=20u64 {
+        let mut records = Vec::new();
+        for u in 0..5 {
+            // The same key many times: carries across limbs within stored rows.
+            let w = big + u128::from(seq) * 0xFFFF_FFFF_FFFF + u as u128;
+            records.push(work(&format!("user{u}"), "rig", "BTC", seq % 3, w));
+            expected_total += w;
+            *per_user.entry(format!("user{u}")).or_insert(0) += w;
+        }
+        applied(
+            s.apply_batch(&batch("p1", seq, works(records)))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(expected_total > u64::MAX as u128 * 1_000_000);
+    assert_eq!(s.total_work().await.unwrap(), expected_total);
+    let by_coin = s.work_by_coin(0, u64::MAX).await.unwrap();
+    assert_eq!(by_coin[&t("BTC")], expected_total);
+    assert_eq!(
+        s.work_by_user(&t("BTC"), None, 0, u64::MAX).await.unwrap(),
+        per_user
+    );
+    assert_eq!(
+        s.work_by_user(&t("BTC"), Some("btc-solo"), 0, u64::MAX)
+            .await
+            .unwrap(),
+        per_user
+    );
+    assert!(s
+        .work_by_user(&t("BTC"), Some("elsewhere"), 0, u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    // Period bounds are minute starts: [T0 + 1 min, T0 + 2 min) holds minute 1 only.
+    let minute1: u128 = (1..=20u64)
+        .filter(|seq| seq % 3 == 1)
+        .flat_map(|seq| (0..5).map(move |u| big + u128::from(seq) * 0xFFFF_FFFF_FFFF + u as u128))
+        .sum();
+    assert_eq!(
+        s.work_by_coin(T0 + MIN, T0 + 2 * MIN).await.unwrap()[&t("BTC")],
+        minute1
+    );
+    // u128::MAX itself round-trips.
+    applied(
+        s.apply_batch(&batch(
+            "p9",
+            1,
+            works(vec![work("max", "rig", "DGB", 0, u128::MAX)]),
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        s.work_by_coin(0, u64::MAX).await.unwrap()[&t("DGB")],
+        u128::MAX
+    );
+    // The total over everything now overflows u128: a typed error, not a wrong number.
+    assert!(matches!(
+        s.total_work().await,
+        Err(StoreError::WorkOverflow { .. })
+    ));
+}
+
+async fn rollups_and_series(db: &TestDb) {
+    let s = &db.store;
+    let mut records = Vec::new();
+    // alice mines LTC in minutes 0..90 (1 per minute), DOGE in minute 5; bob LTC minute 61.
+    for m in 0..90 {
+        records.push(work("alice", "rig1", "LTC", m, 10));
+    }
+    records.push(work("alice", "rig2", "DOGE", 5, 1 << 80));
+    let mut stale = work("bob", "rig1", "LTC", 61, 7);
+    stale.rejected.insert("stale-share".into(), 2);
+    records.push(stale);
+    applied(
+        s.apply_batch(&batch("p1", 1, works(records)))
+            .await
+            .unwrap(),
+    );
+
+    let minutes = s
+        .hashrate_series("alice", Some(&t("LTC")), Bucket::Minute, T0, T0 + 3 * MIN)
+        .await
+        .unwrap();
+    assert_eq!(minutes.len(), 3);
+    assert_eq!(minutes[0].bucket_ms, T0);
+    assert_eq!(minutes[0].work, 10);
+    assert_eq!(minutes[0].shares, 1);
+
+    let hours = s
+        .hashrate_series("alice", None, Bucket::Hour, 0, u64::MAX)
+        .await
+        .unwrap();
+    let hour0 = T0 - T0 % 3_600_000;
+    let ltc: Vec<_> = hours.iter().filter(|p| p.coin == t("LTC")).collect();
+    assert_eq!(ltc.iter().map(|p| p.work).sum::<u128>(), 900);
+    assert!(ltc.iter().all(|p| p.bucket_ms % 3_600_000 == 0));
+    assert_eq!(ltc[0].bucket_ms, hour0);
+    let doge: Vec<_> = hours.iter().filter(|p| p.coin == t("DOGE")).collect();
+    assert_eq!(doge.len(), 1);
+    assert_eq!(doge[0].work, 1 << 80);
+
+    let days = s
+        .pool_series(Some(&t("LTC")), Bucket::Day, 0, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(days.iter().map(|p| p.work).sum::<u128>(), 907);
+    assert_eq!(days.iter().map(|p| p.stale_shares).sum::<u64>(), 2);
+    assert_eq!(days.iter().map(|p| p.rejected_shares).sum::<u64>(), 2);
+    let all = s.pool_series(None, Bucket::Day, 0, u64::MAX).await.unwrap();
+    assert_eq!(all.iter().map(|p| p.work).sum::<u128>(), 907 + (1 << 80));
+
+    // Minute rollups agree with the work table.
+    let by_coin = s.work_by_coin(0, u64::MAX).await.unwrap();
+    assert_eq!(by_coin[&t("LTC")], 907);
+    assert_eq!(by_coin[&t("DOGE")], 1 << 80);
+}
+
+async fn pplns_window(db: &TestDb) {
+    let s = &db.store;
+    // Minute 0: a 100, b 100. Minute 1: c 300. Minute 3: a 50 (to another upstream too).
+    // Minute 10: after the block.
+    let mut records = works(vec![
+        work("a", "w", "LTC", 0, 100),
+        work("b", "w", "LTC", 0, 100),
+        work("c", "w", "LTC", 1, 300),
+        work("a", "w", "LTC", 3, 50),
+        work("z", "w", "LTC", 10, 1_000_000),
+        work("q", "w", "DOGE", 2, 999),
+    ]);
+    let mut pool = work("a", "w", "LTC", 3, 1_000);
+    pool.upstream = "viabtc-ltc".into();
+    records.push(Record::Work(pool));
+    applied(s.apply_batch(&batch("p1", 1, records)).await.unwrap());
+    let until = T0 + 3 * MIN + 30_000; // during minute 3
+    let solo = Some("ltc-solo");
+
+    // Covered by the newest minutes alone.
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 350)
+        .await
+        .unwrap();
+    assert_eq!(w.total, 350);
+    assert!(w.complete);
+    assert_eq!(
+        w.per_user,
+        BTreeMap::from([("a".into(), 50), ("c".into(), 300)])
+    );
+    assert_eq!(w.oldest_minute_ms, Some(T0 + MIN));
+
+    // The boundary minute is shared pro rata: 50 more from minute 0 → a 25, b 25.
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 400)
+        .await
+        .unwrap();
+    assert_eq!(w.total, 400);
+    assert_eq!(
+        w.per_user,
+        BTreeMap::from([("a".into(), 75), ("b".into(), 25), ("c".into(), 300)])
+    );
+    assert_eq!(w.oldest_minute_ms, Some(T0));
+
+    // An odd unit goes to the larger remainder, ties to the smaller name: 51 → a 26, b 25.
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 401)
+        .await
+        .unwrap();
+    assert_eq!(w.per_user["a"], 76);
+    assert_eq!(w.per_user["b"], 25);
+    assert_eq!(w.total, 401);
+
+    // More than all the history: everything, incomplete.
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(w.total, 550);
+    assert!(!w.complete);
+
+    // All upstreams: the pool's work counts too.
+    let w = s
+        .work_window_before(&t("LTC"), None, until, 1_050)
+        .await
+        .unwrap();
+    assert_eq!(w.per_user["a"], 1_050);
+    assert_eq!(w.per_user.len(), 1);
+
+    // Before any work; zero window; another coin.
+    let w = s
+        .work_window_before(&t("LTC"), solo, T0 - 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(w, PplnsWindow::default());
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 0)
+        .await
+        .unwrap();
+    assert!(w.complete && w.per_user.is_empty());
+    let w = s
+        .work_window_before(&t("BTC"), None, until, 10)
+        .await
+        .unwrap();
+    assert_eq!(w.total, 0);
+
+    // A window reaching back over a long gap (days): found through the widening search.
+    let mut old = work("old", "w", "LTC", 0, 5);
+    old.from_ms = T0 - 40 * 86_400_000;
+    old.to_ms = old.from_ms + 1;
+    applied(
+        s.apply_batch(&batch("p1", 2, vec![Record::Work(old)]))
+            .await
+            .unwrap(),
+    );
+    let w = s
+        .work_window_before(&t("LTC"), solo, until, 553)
+        .await
+        .unwrap();
+    assert_eq!(w.total, 553);
+    assert_eq!(w.per_user["old"], 3);
+    assert_eq!(w.oldest_minute_ms, Some(T0 - 40 * 86_400_000));
+
+    // PROP inputs over the same data.
+    let prop = s
+        .work_by_user(&t("LTC"), solo, T0, T0 + 4 * MIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        prop,
+        BTreeMap::from([("a".into(), 150), ("b".into(), 100), ("c".into(), 300)])
+    );
+}
+
+async fn ledger_refuses_unbalanced_and_is_idempotent(db: &TestDb) {
+    let s = &db.store;
+    let unbalanced = [entry("pool", "LTC", -100), entry("alice", "LTC", 99)];
+    let err = s.post_entries("t1", &unbalanced, "bad").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unbalanced { coin, sum: -1, .. } if *coin == t("LTC")),
+        "{err}"
+    );
+    assert_eq!(err.code(), "unbalanced");
+    // Balanced in total but not per coin.
+    let mixed = [entry("pool", "LTC", -5), entry("alice", "BTC", 5)];
+    assert!(matches!(
+        s.post_entries("t1", &mixed, "bad").await,
+        Err(StoreError::Unbalanced { .. })
+    ));
+    assert!(matches!(
+        s.post_entries("t1", &[], "empty").await,
+        Err(StoreError::EmptyTransaction { .. })
+    ));
+    assert_eq!(s.ledger_txn("t1").await.unwrap(), None);
+
+    let credit = [
+        entry("coin:LTC:earnings", "LTC", -1_000),
+        entry("user:alice", "LTC", 690),
+        entry("user:bob", "LTC", 300),
+        entry("pool:fees", "LTC", 10),
+    ];
+    assert_eq!(
+        s.post_entries("block:abc:credit", &credit, "block abc matured")
+            .await
+            .unwrap(),
+        PostOutcome::Posted
+    );
+    // Again (a retried request): nothing doubles; the order of entries does not matter.
+    let mut reordered = credit.to_vec();
+    reordered.reverse();
+    assert_eq!(
+        s.post_entries("block:abc:credit", &reordered, "block abc matured")
+            .await
+            .unwrap(),
+        PostOutcome::AlreadyPosted
+    );
+    assert_eq!(s.balance("user:alice", &t("LTC")).await.unwrap(), 690);
+    // The same id for something else is a conflict.
+    let other = [entry("user:alice", "LTC", 1), entry("pool:fees", "LTC", -1)];
+    assert!(matches!(
+        s.post_entries("block:abc:credit", &other, "block abc matured")
+            .await,
+        Err(StoreError::TxnConflict { .. })
+    ));
+    assert!(matches!(
+        s.post_entries("block:abc:credit", &credit, "another memo")
+            .await,
+        Err(StoreError::TxnConflict { .. })
+    ));
+
+    // A reversal, a multi-coin transaction, a conversion.
+    let reversal: Vec<_> = credit
+        .iter()
+        .map(|e| LedgerEntry {
+            amount: -e.amount,
+            ..e.clone()
+        })
+        .collect();
+    s.post_entries("block:abc:reverse", &reversal, "block abc orphaned")
+        .await
+        .unwrap();
+    s.post_entries(
+        "convert:1",
+        &[
+            entry("user:bob", "LTC", -300),
+            entry("exchange", "LTC", 300),
+            entry("exchange", "BTC", -2_000),
+            entry("user:bob", "BTC", 2_000),
+            entry("user:bob", "BTC", 1),
+            entry("user:bob", "BTC", -1),
+        ],
+        "conversion",
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(s.balance("user:alice", &t("LTC")).await.unwrap(), 0);
+    assert_eq!(s.balance("user:nobody", &t("LTC")).await.unwrap(), 0);
+    let bob = s.balances("user:bob").await.unwrap();
+    assert_eq!(bob[&t("LTC")], -300);
+    assert_eq!(bob[&t("BTC")], 2_000);
+    assert_eq!(s.ledger_sum(&t("LTC")).await.unwrap(), 0);
+    assert_eq!(s.ledger_sum(&t("BTC")).await.unwrap(), 0);
+    assert_eq!(s.ledger_check().await.unwrap(), (0, 0));
+
+    let txn = s.ledger_txn("block:abc:credit").await.unwrap().unwrap();
+    assert_eq!(txn.entries, credit.to_vec());
+    assert_eq!(txn.memo, "block abc matured");
+    let history = s.account_entries("user:bob", 10).await.unwrap();
+    assert_eq!(history.len(), 6);
+    assert_eq!(history[0].txn_id, "convert:1");
+    assert_eq!(history.last().unwrap().amount, 300);
+    assert_eq!(history.last().unwrap().memo, "block abc matured");
+
+    // Extremes: i64 amounts balance without overflow in the check.
+    s.post_entries(
+        "extreme",
+        &[entry("x", "DOGE", i64::MAX), entry("y", "DOGE", -i64::MAX)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.ledger_sum(&t("DOGE")).await.unwrap(), 0);
+}
+
+async fn concurrent_posts_of_a_transaction_apply_once(db: &TestDb) {
+    let s = &db.store;
+    let entries = vec![entry("a", "LTC", -7), entry("b", "LTC", 7)];
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (s, e) = (s.clone(), entries.clone());
+            tokio::spawn(async move { s.post_entries("once", &e, "m").await })
+        })
+        .collect();
+    let mut posted = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            PostOutcome::Posted => posted += 1,
+            PostOutcome::AlreadyPosted => {}
+        }
+    }
+    assert_eq!(posted, 1);
+    assert_eq!(s.balance("b", &t("LTC")).await.unwrap(), 7);
+    assert_eq!(s.ledger_check().await.unwrap(), (0, 0));
+}
+
+fn status(hash: &str, state: BlockState, confirmations: i64, at: u64) -> Record {
+    Record::Event(Event::BlockStatus {
+        coin: t("LTC"),
+        adapter: "ltc-adapter".into(),
+        height: 432,
+        block_hash: hash.into(),
+        state,
+        confirmations,
+        at_ms: at,
+    })
+}
+
+async fn block_phases_are_stored(db: &TestDb) {
+    let s = &db.store;
+    let hash = "00000000000000000000000000000000000000000000000000000000deadbeef";
+    // The proxy's candidate.
+    let candidate = Record::Event(Event::BlockCandidate {
+        coin: t("LTC"),
+        epoch: 4,
+        upstream: "ltc-solo".into(),
+        user: "ltc1qalice".into(),
+        worker: "rig1".into(),
+        block_hash: hash.into(),
+        height: Some(432),
+        at_ms: T0,
+    });
+    let sum = applied(
+        s.apply_batch(&batch("proxy-1", 1, vec![candidate.clone()]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        sum.block_changes,
+        vec![BlockChange {
+            block_hash: hash.into(),
+            coin: t("LTC"),
+            from: None,
+            to: BlockPhase::Candidate
+        }]
+    );
+    // The adapter: found, then immature, matured, orphaned, over several batches.
+    let found = Record::Event(Event::BlockFound {
+        coin: t("LTC"),
+        adapter: "ltc-adapter".into(),
+        height: 432,
+        block_hash: hash.into(),
+        reward: 625_000_000,
+        found_by: "proxy-1".into(),
+        at_ms: T0 + 10,
+    });
+    let sum = applied(
+        s.apply_batch(&batch(
+            "adapter-ltc",
+            1,
+            vec![found, status(hash, BlockState::Immature, 1, T0 + 20)],
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        sum.block_changes
+            .iter()
+            .map(|c| (c.from, c.to))
+            .collect::<Vec<_>>(),
+        [
+            (Some(BlockPhase::Candidate), BlockPhase::Found),
+            (Some(BlockPhase::Found), BlockPhase::Immature)
+        ]
+    );
+    let b = s.block(hash).await.unwrap().unwrap();
+    assert_eq!(b.phase, BlockPhase::Immature);
+    assert_eq!(b.reward, Some(625_000_000));
+    assert_eq!(b.user.as_deref(), Some("ltc1qalice"));
+    assert_eq!(b.worker.as_deref(), Some("rig1"));
+    assert_eq!(b.epoch, Some(4));
+    assert_eq!(b.found_by.as_deref(), Some("proxy-1"));
+    assert_eq!(b.adapter.as_deref(), Some("ltc-adapter"));
+    assert_eq!(b.height, Some(432));
+    assert_eq!(b.first_seen_ms, T0);
+    assert_eq!(b.found_at_ms, Some(T0 + 10));
+    assert_eq!(b.confirmations, Some(1));
+
+    // A repeated status (the tracker's next poll) changes nothing but confirmations.
+    let sum = applied(
+        s.apply_batch(&batch(
+            "adapter-ltc",
+            2,
+            vec![status(hash, BlockState::Immature, 50, T0 + 30)],
+        ))
+        .await
+        .unwrap(),
+    );
+    assert!(sum.block_changes.is_empty());
+    assert_eq!(
+        s.block(hash).await.unwrap().unwrap().confirmations,
+        Some(50)
+    );
+
+    applied(
+        s.apply_batch(&batch(
+            "adapter-ltc",
+            3,
+            vec![status(hash, BlockState::Matured, 101, T0 + 40)],
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        s.block(hash).await.unwrap().unwrap().phase,
+        BlockPhase::Matured
+    );
+    // The adapter's batch retransmitted: no second transition.
+    assert_eq!(
+        s.apply_batch(&batch(
+            "adapter-ltc",
+            3,
+            vec![status(hash, BlockState::Matured, 101, T0 + 40)]
+        ))
+        .await
+        .unwrap(),
+        ApplyOutcome::Duplicate { last_sequence: 3 }
+    );
+    let sum = applied(
+        s.apply_batch(&batch(
+            "adapter-ltc",
+            4,
+            vec![status(hash, BlockState::Orphaned, -1, T0 + 50)],
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(sum.block_changes[0].from, Some(BlockPhase::Matured));
+    assert_eq!(sum.block_changes[0].to, BlockPhase::Orphaned);
+    // A late candidate from another proxy never moves the adapter's phase.
+    let late = Record::Event(Event::BlockCandidate {
+        coin: t("LTC"),
+        epoch: 9,
+        upstream: "other".into(),
+        user: "mallory".into(),
+        worker: "x".into(),
+        block_hash: hash.into(),
+        height: None,
+        at_ms: T0 + 60,
+    });
+    let sum = applied(
+        s.apply_batch(&batch("proxy-2", 1, vec![late]))
+            .await
+            .unwrap(),
+    );
+    assert!(sum.block_changes.is_empty());
+    let b = s.block(hash).await.unwrap().unwrap();
+    assert_eq!(b.phase, BlockPhase::Orphaned);
+    assert_eq!(
+        b.user.as_deref(),
+        Some("ltc1qalice"),
+        "the first candidate's finder stays"
+    );
+    assert_eq!(b.confirmations, Some(-1));
+
+    let history = s.block_history(hash).await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.phase).collect::<Vec<_>>(),
+        [
+            BlockPhase::Candidate,
+            BlockPhase::Found,
+            BlockPhase::Immature,
+            BlockPhase::Immature,
+            BlockPhase::Matured,
+            BlockPhase::Orphaned,
+            BlockPhase::Candidate,
+        ]
+    );
+    assert_eq!(history[1].proxy_id, proxy("adapter-ltc"));
+    assert_eq!(history[4].sequence, 3);
+
+    // A found block arriving before its candidate; and a rejected block.
+    let other = "00000000000000000000000000000000000000000000000000000000cafebabe";
+    let found = Record::Event(Event::BlockFound {
+        coin: t("LTC"),
+        adapter: "ltc-adapter".into(),
+        height: 433,
+        block_hash: other.into(),
+        reward: 1,
+        found_by: "proxy-1".into(),
+        at_ms: T0 + 100,
+    });
+    applied(
+        s.apply_batch(&batch("adapter-ltc", 5, vec![found]))
+            .await
+            .unwrap(),
+    );
+    let cand = Record::Event(Event::BlockCandidate {
+        coin: t("LTC"),
+        epoch: 5,
+        upstream: "ltc-solo".into(),
+        user: "bob".into(),
+        worker: "r".into(),
+        block_hash: other.into(),
+        height: Some(433),
+        at_ms: T0 + 99,
+    });
+    applied(
+        s.apply_batch(&batch("proxy-1", 2, vec![cand]))
+            .await
+            .unwrap(),
+    );
+    let b = s.block(other).await.unwrap().unwrap();
+    assert_eq!(b.phase, BlockPhase::Found);
+    assert_eq!(b.user.as_deref(), Some("bob"));
+    assert_eq!(b.first_seen_ms, T0 + 99);
+
+    let rejected = "00000000000000000000000000000000000000000000000000000000badbad00";
+    let r = Record::Event(Event::BlockRejected {
+        coin: t("DOGE"),
+        adapter: "doge-adapter".into(),
+        height: 7,
+        block_hash: rejected.into(),
+        reason: "bad-txns".into(),
+        at_ms: T0 + 200,
+    });
+    applied(
+        s.apply_batch(&batch("adapter-doge", 1, vec![r]))
+            .await
+            .unwrap(),
+    );
+    let b = s.block(rejected).await.unwrap().unwrap();
+    assert_eq!(b.phase, BlockPhase::Rejected);
+    assert_eq!(b.reason.as_deref(), Some("bad-txns"));
+    assert_eq!(b.reward, None);
+
+    let ltc = s.blocks(Some(&t("LTC")), 10).await.unwrap();
+    assert_eq!(
+        ltc.iter()
+            .map(|b| b.block_hash.as_str())
+            .collect::<Vec<_>>(),
+        [other, hash]
+    );
+    assert_eq!(s.blocks(None, 10).await.unwrap().len(), 3);
+    assert_eq!(s.blocks(None, 1).await.unwrap()[0].block_hash, rejected);
+    assert_eq!(s.block("nope").await.unwrap(), None);
+}
+
+async fn proxy_events_are_stored(db: &TestDb) {
+    let s = &db.store;
+    let switch = Event::SwitchTiming {
+        algorithm: Algorithm::Scrypt,
+        from_epoch: 3,
+        to_epoch: 4,
+        from_coin: Some(t("LTC")),
+        to_coin: t("DOGE"),
+        miners: 120,
+        first_job_p50_ms: 4,
+        first_job_p99_ms: 40,
+        first_job_max_ms: 95,
+        extranonce_resets: 2,
+        reconnects: 0,
+        at_ms: T0 + 5,
+    };
+    let records = vec![
+        Record::Event(Event::UpstreamHealth {
+            upstream: "viabtc-ltc".into(),
+            coin: t("LTC"),
+            state: HealthState::Down,
+            reason: "connection refused".into(),
+            at_ms: T0,
+        }),
+        Record::Event(switch.clone()),
+        Record::Event(Event::UpstreamHealth {
+            upstream: "viabtc-ltc".into(),
+            coin: t("LTC"),
+            state: HealthState::Up,
+            reason: String::new(),
+            at_ms: T0 + 9,
+        }),
+    ];
+    let sum = applied(
+        s.apply_batch(&batch("p1", 1, records.clone()))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(sum.events, 3);
+    // Exactly once for events too.
+    s.apply_batch(&batch("p1", 1, records)).await.unwrap();
+    let health = s.upstream_health(10).await.unwrap();
+    assert_eq!(health.len(), 2);
+    assert_eq!(health[0].state, HealthState::Up);
+    assert_eq!(health[1].state, HealthState::Down);
+    assert_eq!(health[1].reason, "connection refused");
+    assert_eq!(health[1].proxy_id, proxy("p1"));
+    let timings = s.switch_timings(10).await.unwrap();
+    assert_eq!(timings.len(), 1);
+    assert_eq!(timings[0].event, switch);
+}
+
+async fn decisions_assignments_and_admin_state(db: &TestDb) {
+    let s = &db.store;
+    // Decisions.
+    let d1 = Decision {
+        group: "default".into(),
+        algorithm: Algorithm::Scrypt,
+        epoch: 1,
+        coin: Some(t("LTC")),
+        reason: "initial".into(),
+        inputs: serde_json::json!({"LTC": {"score": "1.05", "difficulty": 12345.5}, "DOGE": null}),
+        at_ms: T0,
+    };
+    let d2 = Decision {
+        coin: None,
+        epoch: 2,
+        reason: "nothing profitable".into(),
+        inputs: serde_json::json!([]),
+        at_ms: T0 + 1,
+        ..d1.clone()
+    };
+    let id1 = s.record_decision(&d1).await.unwrap();
+    let id2 = s.record_decision(&d2).await.unwrap();
+    assert!(id2 > id1);
+    let recent = s.recent_decisions(10).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].decision, d2);
+    assert_eq!(recent[1].decision, d1);
+    assert_eq!(recent[1].id, id1);
+    assert_eq!(s.recent_decisions(1).await.unwrap().len(), 1);
+
+    // Assignments: higher epochs win, the same one is unchanged, older ones are stale.
+    assert_eq!(
+        s.current_assignment("default", Algorithm::Scrypt)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.save_assignment(&assignment(1, "LTC")).await.unwrap(),
+        SaveAssignment::Saved
+    );
+    assert_eq!(
+        s.save_assignment(&assignment(1, "LTC")).await.unwrap(),
+        SaveAssignment::Unchanged
+    );
+    assert_eq!(
+        s.save_assignment(&assignment(3, "DOGE")).await.unwrap(),
+        SaveAssignment::Saved
+    );
+    assert_eq!(
+        s.save_assignment(&assignment(2, "LTC")).await.unwrap(),
+        SaveAssignment::Stale { current_epoch: 3 }
+    );
+    assert_eq!(
+        s.save_assignment(&assignment(3, "LTC")).await.unwrap(),
+        SaveAssignment::Stale { current_epoch: 3 }
+    );
+    let current = s
+        .current_assignment("default", Algorithm::Scrypt)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current, assignment(3, "DOGE"));
+    assert_eq!(current.upstreams[0].password.expose(), "x");
+    assert_eq!(
+        s.current_assignment("default", Algorithm::Sha256d)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.assignments().await.unwrap(), vec![assignment(3, "DOGE")]);
+
+    // Whitelist.
+    s.set_coin("admin", &t("LTC"), true).await.unwrap();
+    s.set_coin("admin", &t("DOGE"), true).await.unwrap();
+    s.set_coin("ops", &t("LTC"), false).await.unwrap();
+    let coins = s.coins().await.unwrap();
+    assert_eq!(
+        coins
+            .iter()
+            .map(|c| (c.ticker.as_str(), c.enabled))
+            .collect::<Vec<_>>(),
+        [("DOGE", true), ("LTC", false)]
+    );
+    assert!(s.remove_coin("admin", &t("DOGE")).await.unwrap());
+    assert!(!s.remove_coin("admin", &t("DOGE")).await.unwrap());
+    assert_eq!(s.coins().await.unwrap().len(), 1);
+
+    // Settings.
+    assert_eq!(s.setting("hysteresis_percent").await.unwrap(), None);
+    s.set_setting("admin", "hysteresis_percent", &serde_json::json!(5.5))
+        .await
+        .unwrap();
+    s.set_setting("admin", "sustain_minutes", &serde_json::json!(10))
+        .await
+        .unwrap();
+    s.set_setting("admin", "pin", &serde_json::json!({"scrypt": "LTC"}))
+        .await
+        .unwrap();
+    s.set_setting("ops", "sustain_minutes", &serde_json::json!(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.setting("sustain_minutes").await.unwrap(),
+        Some(serde_json::json!(15))
+    );
+    let all = s.settings().await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all["hysteresis_percent"], serde_json::json!(5.5));
+    assert_eq!(all["pin"], serde_json::json!({"scrypt": "LTC"}));
+
+    // Upstreams.
+    let mut terms = UpstreamTerms {
+        name: "viabtc-ltc".into(),
+        coin: t("LTC"),
+        protocol: "sv1".into(),
+        fee_bps: 200,
+        payout_scheme: "pplns".into(),
+        switch_cost_secs: 3_600,
+        details: serde_json::json!({"url": "stratum+tcp://ltc.example:3333"}),
+        enabled: true,
+    };
+    s.upsert_upstream("admin", &terms).await.unwrap();
+    terms.fee_bps = 150;
+    terms.enabled = false;
+    s.upsert_upstream("admin", &terms).await.unwrap();
+    let solo = UpstreamTerms {
+        name: "ltc-solo".into(),
+        protocol: "adapter".into(),
+        fee_bps: 0,
+        payout_scheme: "solo".into(),
+        switch_cost_secs: 0,
+        details: serde_json::json!({}),
+        ..terms.clone()
+    };
+    s.upsert_upstream("admin", &solo).await.unwrap();
+    let ups = s.upstreams().await.unwrap();
+    assert_eq!(ups.len(), 2);
+    assert_eq!(ups[0].terms, solo);
+    assert_eq!(ups[1].terms, terms);
+    assert!(matches!(
+        s.upsert_upstream(
+            "admin",
+            &UpstreamTerms {
+                fee_bps: 10_001,
+                ..terms.clone()
+            }
+        )
+        .await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(s.remove_upstream("admin", "ltc-solo").await.unwrap());
+    assert_eq!(s.upstreams().await.unwrap().len(), 1);
+
+    // Every admin change above is in the audit log, newest first, with who and what.
+    let id = s
+        .audit(
+            "admin",
+            "post-payout",
+            &serde_json::json!({"coin": "LTC", "amount": 5}),
+        )
+        .await
+        .unwrap();
+    let log = s.audit_log(100).await.unwrap();
+    assert_eq!(log[0].id, id);
+    assert_eq!(log[0].action, "post-payout");
+    let actions: Vec<&str> = log.iter().rev().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "set-coin",
+            "set-coin",
+            "set-coin",
+            "remove-coin",
+            "remove-coin",
+            "set-setting",
+            "set-setting",
+            "set-setting",
+            "set-setting",
+            "upsert-upstream",
+            "upsert-upstream",
+            "upsert-upstream",
+            "remove-upstream",
+            "post-payout",
+        ]
+    );
+    let disable = &log[log.len() - 3];
+    assert_eq!(disable.actor, "ops");
+    assert_eq!(
+        disable.details,
+        serde_json::json!({"coin": "LTC", "enabled": false})
+    );
+    assert!(log.iter().all(|a| a.at_ms > 0));
+    assert_eq!(s.audit_log(2).await.unwrap().len(), 2);
+}
+
+/// Every operation's future can move to another thread (the server spawns them).
+async fn futures_are_send(db: &TestDb) {
+    fn send<F: Future + Send>(f: F) -> F {
+        f
+    }
+    let s = db.store.clone();
+    let b = batch("p", 1, vec![]);
+    let c = t("LTC");
+    let a = assignment(1, "LTC");
+    let d = Decision {
+        group: "g".into(),
+        algorithm: Algorithm::Scrypt,
+        epoch: 1,
+        coin: None,
+        reason: String::new(),
+        inputs: serde_json::Value::Null,
+        at_ms: 0,
+    };
+    let u = UpstreamTerms {
+        name: "n".into(),
+        coin: c.clone(),
+        protocol: "sv1".into(),
+        fee_bps: 0,
+        payout_scheme: "pplns".into(),
+        switch_cost_secs: 0,
+        details: serde_json::Value::Null,
+        enabled: true,
+    };
+    let v = serde_json::Value::Null;
+    tokio::spawn(async move {
+        send(s.migrate()).await.unwrap();
+        send(s.apply_batch(&b)).await.unwrap();
+        send(s.last_sequence(&b.proxy_id)).await.unwrap();
+        send(s.work_by_coin(0, 1)).await.unwrap();
+        send(s.work_by_user(&c, None, 0, 1)).await.unwrap();
+        send(s.work_window_before(&c, None, 0, 1)).await.unwrap();
+        send(s.total_work()).await.unwrap();
+        send(s.users()).await.unwrap();
+        send(s.user("x")).await.unwrap();
+        send(s.workers("x")).await.unwrap();
+        send(s.worker_work("x", 0, 1)).await.unwrap();
+        send(s.hashrate_series("x", None, Bucket::Hour, 0, 1))
+            .await
+            .unwrap();
+        send(s.pool_series(None, Bucket::Hour, 0, 1)).await.unwrap();
+        send(s.blocks(None, 1)).await.unwrap();
+        send(s.block("x")).await.unwrap();
+        send(s.block_history("x")).await.unwrap();
+        send(s.upstream_health(1)).await.unwrap();
+        send(s.switch_timings(1)).await.unwrap();
+        send(s.post_entries("x", &[entry("a", "LTC", 0)], ""))
+            .await
+            .unwrap();
+        send(s.ledger_txn("x")).await.unwrap();
+        send(s.balance("a", &c)).await.unwrap();
+        send(s.balances("a")).await.unwrap();
+        send(s.account_entries("a", 1)).await.unwrap();
+        send(s.ledger_sum(&c)).await.unwrap();
+        send(s.ledger_check()).await.unwrap();
+        send(s.record_decision(&d)).await.unwrap();
+        send(s.recent_decisions(1)).await.unwrap();
+        send(s.save_assignment(&a)).await.unwrap();
+        send(s.current_assignment("g", Algorithm::Scrypt))
+            .await
+            .unwrap();
+        send(s.assignments()).await.unwrap();
+        send(s.coins()).await.unwrap();
+        send(s.set_coin("a", &c, true)).await.unwrap();
+        send(s.remove_coin("a", &c)).await.unwrap();
+        send(s.setting("k")).await.unwrap();
+        send(s.settings()).await.unwrap();
+        send(s.set_setting("a", "k", &v)).await.unwrap();
+        send(s.audit("a", "b", &v)).await.unwrap();
+        send(s.audit_log(1)).await.unwrap();
+        send(s.upstreams()).await.unwrap();
+        send(s.upsert_upstream("a", &u)).await.unwrap();
+        send(s.remove_upstream("a", "n")).await.unwrap();
+        send(Store::connect("sqlite::memory:")).await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Not conformance: the ingest figure
+// ---------------------------------------------------------------------------------------------
+
+/// `N` batches of 1,000 work records (10,000 users with 2 workers each, cycling) per backend,
+/// from one proxy and from four at once; prints work records per second. Two bounds: every
+/// batch in a new minute (work rows are inserted), and every batch in the same minute (each
+/// batch updates the rows the previous ones wrote, as a proxy sealing every second does
+/// within a minute). `DEFPOOL_INGEST_BATCHES` sets N (default 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn ingest_rows_per_second() {
+    let n: u64 = std::env::var("DEFPOOL_INGEST_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for same_minute in [false, true] {
+        for proxies in [1, 4] {
+            let sqlite = TestDb::sqlite().await;
+            ingest(&sqlite, n, proxies, same_minute).await;
+            drop(sqlite);
+            if let Some(pg) = TestDb::postgres().await {
+                ingest(&pg, n, proxies, same_minute).await;
+            }
+        }
+    }
+}
+
+fn ingest_batch(proxy_id: &str, seq: u64, offset: u64, same_minute: bool) -> Batch {
+    let records = (0..1_000u64)
+        .map(|i| {
+            let k = (offset + i) % 20_000;
+            let mut w = work(
+                &format!("ltc1quser{:05}", k / 2),
+                &format!("rig{}", k % 2),
+                "LTC",
+                if same_minute { 0 } else { seq },
+                (1u128 << 66) + u128::from(k),
+            );
+            w.accepted_shares = 30;
+            if k.is_multiple_of(7) {
+                w.rejected.insert("stale-share".into(), 1);
+            }
+            Record::Work(w)
+        })
+        .collect();
+    batch(proxy_id, seq, records)
+}
+
+async fn ingest(db: &TestDb, batches: u64, proxies: u64, same_minute: bool) {
+    let s = &db.store;
+    let per_proxy = batches / proxies;
+    // In the same-minute case every batch covers the same 1,000 workers, so it updates rows.
+    let offset = |p: u64, seq: u64| {
+        if same_minute {
+            p * 1_000
+        } else {
+            (p * per_proxy + seq) * 1_000
+        }
+    };
+    let prepared: Vec<Vec<Batch>> = (0..proxies)
+        .map(|p| {
+            (1..=per_proxy)
+                .map(|seq| ingest_batch(&format!("bench-{p}"), seq, offset(p, seq), same_minute))
+                .collect()
+        })
+        .collect();
+    let expected: u128 = prepared.iter().flatten().map(|b| b.accepted_work()).sum();
+    let started = Instant::now();
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .map(|list| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for b in &list {
+                    applied(s.apply_batch(b).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let rows = per_proxy * proxies * 1_000;
+    println!(
+        "{:?}, {}: {rows} work records in {} batches of 1,000 from {proxies} prox{}: {:.2} s, \
+         {:.0} records/s",
+        s.backend(),
+        if same_minute {
+            "same minute (updates)"
+        } else {
+            "new minute per batch (inserts)"
+        },
+        per_proxy * proxies,
+        if proxies == 1 { "y" } else { "ies" },
+        elapsed.as_secs_f64(),
+        rows as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(s.total_work().await.unwrap(), expected);
+}
