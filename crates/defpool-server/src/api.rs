@@ -33,7 +33,11 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Response {

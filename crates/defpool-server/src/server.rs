@@ -73,12 +73,13 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(plane.serve(listener, stop_rx.clone()));
     tracing::info!(listen = %control, "control plane open");
-    let api_listener = TcpListener::bind(cfg.api_listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.api_listen,
-            source,
-        })?;
+    let api_listener =
+        TcpListener::bind(cfg.api_listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.api_listen,
+                source,
+            })?;
     let api = api_listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
