@@ -729,6 +729,16 @@ impl Session {
         Ok(())
     }
 
+    /// Answers one submit with a spec error code.
+    async fn submit_error(&mut self, channel_id: u32, seq: u32, code: &str) -> Result<(), String> {
+        self.send(&Message::SubmitSharesError {
+            channel_id,
+            sequence_number: seq,
+            error_code: code.into(),
+        })
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn submit(
         &mut self,
@@ -745,11 +755,7 @@ impl Session {
                 .record_rejected(None, None, error_code::INVALID_CHANNEL_ID)
                 .await;
             return self
-                .send(&Message::SubmitSharesError {
-                    channel_id,
-                    sequence_number: seq,
-                    error_code: error_code::INVALID_CHANNEL_ID.into(),
-                })
+                .submit_error(channel_id, seq, error_code::INVALID_CHANNEL_ID)
                 .await;
         };
         let full = match (&extranonce, ch.kind) {
@@ -788,22 +794,12 @@ impl Session {
                 self.ctx
                     .record_rejected(Some(&identity), template.as_deref(), reject.code())
                     .await;
-                return self
-                    .send(&Message::SubmitSharesError {
-                        channel_id,
-                        sequence_number: seq,
-                        error_code: code.into(),
-                    })
-                    .await;
+                return self.submit_error(channel_id, seq, code).await;
             }
         };
         let Some(template) = template else {
             return self
-                .send(&Message::SubmitSharesError {
-                    channel_id,
-                    sequence_number: seq,
-                    error_code: error_code::INVALID_JOB_ID.into(),
-                })
+                .submit_error(channel_id, seq, error_code::INVALID_JOB_ID)
                 .await;
         };
         let share_target = prepared.share_target;
@@ -821,11 +817,7 @@ impl Session {
                 )
                 .await;
             return self
-                .send(&Message::SubmitSharesError {
-                    channel_id,
-                    sequence_number: seq,
-                    error_code: error_code::DUPLICATE_SHARE.into(),
-                })
+                .submit_error(channel_id, seq, error_code::DUPLICATE_SHARE)
                 .await;
         }
         let checked = match self.ctx.verifier.judge(prepared).await {
@@ -833,11 +825,7 @@ impl Session {
             Err(e) => {
                 tracing::error!(error = %e, "share verification failed");
                 return self
-                    .send(&Message::SubmitSharesError {
-                        channel_id,
-                        sequence_number: seq,
-                        error_code: error_code::INVALID_SHARE.into(),
-                    })
+                    .submit_error(channel_id, seq, error_code::INVALID_SHARE)
                     .await;
             }
         };
@@ -850,11 +838,7 @@ impl Session {
                 )
                 .await;
             return self
-                .send(&Message::SubmitSharesError {
-                    channel_id,
-                    sequence_number: seq,
-                    error_code: error_code::DIFFICULTY_TOO_LOW.into(),
-                })
+                .submit_error(channel_id, seq, error_code::DIFFICULTY_TOO_LOW)
                 .await;
         }
         forward(&template, &checked, &full, pad, &identity).await;
@@ -865,11 +849,7 @@ impl Session {
         {
             tracing::error!(error = %e, "outbox write failed; share not acknowledged");
             return self
-                .send(&Message::SubmitSharesError {
-                    channel_id,
-                    sequence_number: seq,
-                    error_code: "storage-unavailable".into(),
-                })
+                .submit_error(channel_id, seq, "storage-unavailable")
                 .await;
         }
         if let Some(c) = self.channels.get_mut(&channel_id) {
