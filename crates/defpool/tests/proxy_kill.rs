@@ -86,21 +86,9 @@ id = "kill-proxy"
 outbox_path = "{}"
 admin_listen = "127.0.0.1:{admin_port}"
 admin_token = "kill-test-admin-token-0123"
-[[proxy.ports]]
-algorithm = "sha256d"
-protocol = "sv1"
-listen = "127.0.0.1:{miner_port}"
-start_difficulty = 0.000001
-min_difficulty = 0.000000001
-[[upstreams]]
-name = "pool"
-coin = "BTC"
-protocol = "sv1"
-url = "stratum+tcp://127.0.0.1:{pool_port}"
-username = "proxy"
-password = "x"
-"#,
-            outbox.display()
+{port_and_pool}"#,
+            outbox.display(),
+            port_and_pool = sv1_port_and_pool(miner_port, pool_port),
         ),
     )
     .unwrap();

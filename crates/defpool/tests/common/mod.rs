@@ -80,3 +80,24 @@ pub fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> Str
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// A proxy's sha256d SV1 port at a tiny test difficulty and one SV1 test pool as its BTC
+/// upstream, as config TOML (after a `[proxy]` table).
+pub fn sv1_port_and_pool(miner_port: u16, pool_port: u16) -> String {
+    format!(
+        r#"[[proxy.ports]]
+algorithm = "sha256d"
+protocol = "sv1"
+listen = "127.0.0.1:{miner_port}"
+start_difficulty = 0.000001
+min_difficulty = 0.000000001
+[[upstreams]]
+name = "pool"
+coin = "BTC"
+protocol = "sv1"
+url = "stratum+tcp://127.0.0.1:{pool_port}"
+username = "proxy"
+password = "x"
+"#
+    )
+}
