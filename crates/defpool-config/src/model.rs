@@ -102,6 +102,14 @@ pub struct ServerConfig {
     /// Market data sources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub market: Vec<MarketSourceConfig>,
+    /// PPLNS window for solo blocks, as a multiple of the block's expected work (its
+    /// network difficulty in work units), a decimal string: `"2"` = the last 2 × D of work.
+    #[serde(default = "default_pplns_window_factor")]
+    pub pplns_window_factor: String,
+}
+
+fn default_pplns_window_factor() -> String {
+    "2".into()
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -189,6 +197,10 @@ pub struct MarketSourceConfig {
     /// Simulator seed (kind = "simulator").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Simulator only: wall-clock seconds per simulated step (default: the simulator's own
+    /// step, 60 s). The demo uses a few seconds so prices cross within minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_secs: Option<u32>,
 }
 
 fn default_poll_secs() -> u32 {

@@ -219,6 +219,21 @@ fn check_server(ctx: &Ctx<'_>, s: &ServerConfig) -> Result<()> {
     for (i, m) in s.market.iter().enumerate() {
         check_market(ctx, &format!("server.market[{i}]"), m)?;
     }
+    match s.pplns_window_factor.parse::<rust_decimal::Decimal>() {
+        Ok(f) if f > rust_decimal::Decimal::ZERO && f <= rust_decimal::Decimal::from(1000) => {}
+        Ok(f) => {
+            return err(
+                "server.pplns_window_factor",
+                format!("{f} is outside (0, 1000]"),
+            )
+        }
+        Err(e) => {
+            return err(
+                "server.pplns_window_factor",
+                format!("`{}` is not a decimal: {e}", s.pplns_window_factor),
+            )
+        }
+    }
     Ok(())
 }
 
@@ -227,6 +242,15 @@ fn check_market(ctx: &Ctx<'_>, key: &str, m: &MarketSourceConfig) -> Result<()> 
         ctx.coin(&format!("{key}.coins[{j}]"), t)?;
     }
     in_range(&format!("{key}.poll_secs"), m.poll_secs, 1, 86_400)?;
+    if let Some(step) = m.step_secs {
+        if m.kind != MarketSourceKind::Simulator {
+            return err(
+                format!("{key}.step_secs"),
+                "only a simulator source has a step",
+            );
+        }
+        in_range(&format!("{key}.step_secs"), step, 1, 86_400)?;
+    }
     match m.kind {
         MarketSourceKind::Simulator => Ok(()),
         MarketSourceKind::Csv => match &m.url {

@@ -13,15 +13,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use defpool_control::Assignment;
 use defpool_core::secret::Secret;
-use defpool_store::{SaveAssignment, Store};
+use defpool_store::SaveAssignment;
 use serde_json::json;
-use tokio::sync::broadcast;
+
+use crate::state::Shared;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Store,
+    pub shared: Arc<Shared>,
     pub admin_token: Option<Secret>,
-    pub assignments: broadcast::Sender<Assignment>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -41,7 +41,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Response {
-    match state.store.assignments().await {
+    match state.shared.store.assignments().await {
         Ok(a) => Json(json!({ "assignments": a.iter().map(redacted).collect::<Vec<_>>() }))
             .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
@@ -95,9 +95,10 @@ async fn assign(
             )
         }
     };
-    match state.store.save_assignment(&assignment).await {
+    match state.shared.store.save_assignment(&assignment).await {
         Ok(SaveAssignment::Saved) => {
             let _ = state
+                .shared
                 .store
                 .audit(
                     "admin",
@@ -108,7 +109,7 @@ async fn assign(
                 )
                 .await;
             tracing::info!(group = %assignment.group, epoch = assignment.epoch, "assignment saved and pushed");
-            let _ = state.assignments.send(assignment);
+            let _ = state.shared.assignments.send(assignment);
             Json(json!({"result": "applied"})).into_response()
         }
         Ok(SaveAssignment::Unchanged) => Json(json!({"result": "unchanged"})).into_response(),

@@ -8,14 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{decode, encode, Assignment, Message, ProxyId};
+use defpool_control::{decode, encode, Message, ProxyId};
 use defpool_core::secret::Secret;
-use defpool_store::{ApplyOutcome, Store};
+use defpool_store::ApplyOutcome;
 use defpool_stratum::sv1::LineReader;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
+
+use crate::state::Shared;
 
 /// Who may connect: proxy id → token.
 #[derive(Clone, Default)]
@@ -30,10 +32,8 @@ impl Credentials {
 }
 
 pub struct ControlPlane {
-    pub store: Store,
+    pub shared: Arc<Shared>,
     pub credentials: Credentials,
-    /// Assignment changes, pushed to every connected proxy of the group.
-    pub assignments: broadcast::Sender<Assignment>,
 }
 
 impl ControlPlane {
@@ -110,10 +110,10 @@ impl ControlPlane {
                 return format!("bad Hello: {e}");
             }
         };
-        let mut changes = self.assignments.subscribe();
+        let mut changes = self.shared.assignments.subscribe();
         let (assignments, last) = match (
-            self.store.assignments().await,
-            self.store.last_sequence(&proxy).await,
+            self.shared.store.assignments().await,
+            self.shared.store.last_sequence(&proxy).await,
         ) {
             (Ok(a), Ok(l)) => (a, l),
             (Err(e), _) | (_, Err(e)) => return format!("store: {e}"),
@@ -153,7 +153,7 @@ impl ControlPlane {
                         return "a batch of another proxy".into();
                     }
                     let sequence = batch.sequence;
-                    match self.store.apply_batch(&batch).await {
+                    match self.shared.store.apply_batch(&batch).await {
                         Ok(ApplyOutcome::Gap { expected }) => {
                             let _ = send(&mut write, &Message::Error { code: "sequence-gap".into(), message: format!("expected batch {expected}, got {sequence}") }).await;
                             return format!("sequence gap: expected {expected}, got {sequence}");
@@ -182,7 +182,7 @@ impl ControlPlane {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed changes: resend the current state.
-                        if let Ok(all) = self.store.assignments().await {
+                        if let Ok(all) = self.shared.store.assignments().await {
                             for a in all.into_iter().filter(|a| a.group == group) {
                                 if let Err(e) = send(&mut write, &Message::Assign(a)).await {
                                     return e;

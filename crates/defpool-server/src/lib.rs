@@ -12,3 +12,4 @@
 pub mod api;
 pub mod control;
 pub mod server;
+pub mod state;

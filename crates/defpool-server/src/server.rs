@@ -7,9 +7,10 @@ use std::sync::Arc;
 use defpool_config::Validated;
 use defpool_store::{Store, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::control::{ControlPlane, Credentials};
+use crate::state::{system_clock, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -52,11 +53,10 @@ pub async fn run(
             .filter_map(|p| p.token.clone().map(|t| (p.id.clone(), t)))
             .collect(),
     );
-    let (assignments, _) = broadcast::channel(256);
+    let shared = Shared::new(store.clone(), Arc::new(v), system_clock());
     let plane = Arc::new(ControlPlane {
-        store: store.clone(),
+        shared: shared.clone(),
         credentials,
-        assignments: assignments.clone(),
     });
     let listener = TcpListener::bind(cfg.control_listen)
         .await
@@ -87,9 +87,8 @@ pub async fn run(
             source,
         })?;
     let app = crate::api::router(crate::api::ApiState {
-        store: store.clone(),
+        shared: shared.clone(),
         admin_token: cfg.admin_token.clone(),
-        assignments,
     });
     let mut api_stop = stop_rx.clone();
     tokio::spawn(async move {
