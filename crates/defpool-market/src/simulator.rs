@@ -17,6 +17,8 @@ pub struct SimulatorSource {
     coins: Vec<Ticker>,
     series: Series,
     start_ms: u64,
+    /// Wall-clock duration of one simulated step (default: the step itself).
+    wall_step_ms: u64,
     clock: Clock,
 }
 
@@ -27,6 +29,7 @@ impl SimulatorSource {
         params.coins = coins.len().max(1);
         SimulatorSource {
             name: "simulator".into(),
+            wall_step_ms: params.step_secs.max(1) * 1000,
             series: simulate(&params, seed),
             coins,
             start_ms,
@@ -40,9 +43,16 @@ impl SimulatorSource {
         self
     }
 
+    /// Replay faster (or slower) than simulated time: each step is in force for `secs` of
+    /// wall-clock time. The demo uses a few seconds so prices move within minutes.
+    pub fn with_wall_step_secs(mut self, secs: u64) -> Self {
+        self.wall_step_ms = secs.max(1) * 1000;
+        self
+    }
+
     fn step_at(&self, now_ms: u64) -> usize {
         let steps = self.series.len().max(1);
-        let elapsed = now_ms.saturating_sub(self.start_ms) / (self.series.step_secs.max(1) * 1000);
+        let elapsed = now_ms.saturating_sub(self.start_ms) / self.wall_step_ms;
         (elapsed % steps as u64) as usize
     }
 }
@@ -120,6 +130,33 @@ mod tests {
         let later = source.fetch(&tickers()).unwrap();
         assert_ne!(first[0].price_btc, later[0].price_btc);
         assert_eq!(later[0].observed_at_ms, 601_000);
+    }
+
+    #[test]
+    fn a_faster_wall_step_moves_through_the_run_sooner() {
+        let now = Arc::new(AtomicU64::new(0));
+        let clock_now = now.clone();
+        let clock: Clock = Arc::new(move || clock_now.load(Ordering::Relaxed));
+        let slow =
+            SimulatorSource::new(tickers(), SimParams::default(), 3, 0).with_clock(clock.clone());
+        let fast = SimulatorSource::new(tickers(), SimParams::default(), 3, 0)
+            .with_clock(clock)
+            .with_wall_step_secs(2);
+        now.store(10 * 2_000, Ordering::Relaxed);
+        assert_eq!(fast.step_at(20_000), 10);
+        assert_eq!(slow.step_at(20_000), 0);
+        now.store(10 * 60_000, Ordering::Relaxed);
+        assert_eq!(slow.fetch(&tickers()), {
+            now.store(10 * 2_000, Ordering::Relaxed);
+            let f = fast.fetch(&tickers()).unwrap();
+            now.store(10 * 60_000, Ordering::Relaxed);
+            Ok(f.into_iter()
+                .map(|mut s| {
+                    s.observed_at_ms = 600_000;
+                    s
+                })
+                .collect::<Vec<_>>())
+        });
     }
 
     #[test]

@@ -11,5 +11,6 @@
 
 pub mod api;
 pub mod control;
+pub mod ledger;
 pub mod server;
 pub mod state;

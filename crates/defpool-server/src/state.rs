@@ -211,3 +211,46 @@ impl Metrics {
         counter.fetch_sub(n, Ordering::Relaxed);
     }
 }
+
+/// Store setting keys the admin API writes and the decision loop reads (the whitelist lives in
+/// the store's coins table, seeded from `[server] whitelist` when empty).
+pub mod settings {
+    use serde::{Deserialize, Serialize};
+
+    /// [`SwitchingSettings`]; absent: the `[server.switching]` values.
+    pub const SWITCHING: &str = "switching";
+    /// [`Pins`]; absent or empty: nothing pinned.
+    pub const PINS: &str = "pins";
+
+    /// X / Y / dwell as the admin set them.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SwitchingSettings {
+        /// X, a decimal string (`"5"`, `"2.5"`).
+        pub hysteresis_percent: String,
+        /// Y.
+        pub hysteresis_minutes: u32,
+        pub min_dwell_minutes: u32,
+    }
+
+    /// Algorithm (`"sha256d"`, `"scrypt"`) → pinned target id (`"LTC"`).
+    pub type Pins = std::collections::BTreeMap<String, String>;
+}
+
+/// An external pool's payout for one coin, upstream and period, as the admin records it. It is
+/// attributed to users by PROP over the period's work on that coin, minus the pool fee.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPayout {
+    pub coin: Ticker,
+    /// The upstream's name.
+    pub upstream: String,
+    /// The period the payout covers, Unix ms, `from_ms < to_ms`.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Smallest units of `coin`, above zero.
+    pub amount: i64,
+    /// The pool's own reference (payout txid, statement id); recording the same reference
+    /// twice posts once.
+    pub reference: String,
+}
