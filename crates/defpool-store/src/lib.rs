@@ -466,6 +466,14 @@ impl Store {
     pub async fn remove_upstream(&self, actor: &str, name: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.remove_upstream(actor, name).await)
     }
+
+    // ---- read-only queries for the API (added with the server API) ----
+
+    /// `(users, workers, workers with a share at or after active_since_ms)`: the pool status
+    /// counts, in one read instead of a query per user.
+    pub async fn pool_counts(&self, active_since_ms: u64) -> Result<(u64, u64, u64), StoreError> {
+        dispatch!(self, s => s.pool_counts(active_since_ms).await)
+    }
 }
 
 // ---- helpers shared by the backends ----

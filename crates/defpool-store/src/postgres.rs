@@ -1047,6 +1047,27 @@ impl PgStore {
             .map_err(db("committing an upstream change"))?;
         Ok(removed)
     }
+
+    // ---- read-only queries for the API (added with the server API) ----
+
+    pub(crate) async fn pool_counts(
+        &self,
+        active_since_ms: u64,
+    ) -> Result<(u64, u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
+             (SELECT COUNT(*) FROM workers WHERE last_share_ms >= $1)",
+        )
+        .bind(crate::clamp_i64(active_since_ms))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting users and workers"))?;
+        Ok((
+            get_u64(&row, 0, "users")?,
+            get_u64(&row, 1, "workers")?,
+            get_u64(&row, 2, "active workers")?,
+        ))
+    }
 }
 
 async fn apply_migration(conn: &mut PgConnection, m: &Migration) -> Result<(), StoreError> {
