@@ -106,6 +106,38 @@ pub struct ServerConfig {
     /// network difficulty in work units), a decimal string: `"2"` = the last 2 × D of work.
     #[serde(default = "default_pplns_window_factor")]
     pub pplns_window_factor: String,
+    /// Per-client-IP limits on the public API.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A token bucket per client IP on the public API endpoints (admin endpoints, `/health` and
+/// `/metrics` are not limited).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per client IP (the bucket's refill rate).
+    #[serde(default = "default_rate_per_sec")]
+    pub requests_per_sec: u32,
+    /// Requests a client may make at once (the bucket's size).
+    #[serde(default = "default_rate_burst")]
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_sec: default_rate_per_sec(),
+            burst: default_rate_burst(),
+        }
+    }
+}
+
+fn default_rate_per_sec() -> u32 {
+    20
+}
+fn default_rate_burst() -> u32 {
+    60
 }
 
 fn default_pplns_window_factor() -> String {

@@ -219,6 +219,13 @@ fn check_server(ctx: &Ctx<'_>, s: &ServerConfig) -> Result<()> {
     for (i, m) in s.market.iter().enumerate() {
         check_market(ctx, &format!("server.market[{i}]"), m)?;
     }
+    in_range(
+        "server.rate_limit.requests_per_sec",
+        s.rate_limit.requests_per_sec,
+        1,
+        1_000_000,
+    )?;
+    in_range("server.rate_limit.burst", s.rate_limit.burst, 1, 1_000_000)?;
     match s.pplns_window_factor.parse::<rust_decimal::Decimal>() {
         Ok(f) if f > rust_decimal::Decimal::ZERO && f <= rust_decimal::Decimal::from(1000) => {}
         Ok(f) => {
