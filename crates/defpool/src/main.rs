@@ -12,6 +12,8 @@ use defpool_switch::backtest::{BacktestConfig, Request, RuleParams, Source, Swee
 use defpool_switch::series::Day;
 use defpool_switch::sim::SimParams;
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "defpool",
@@ -75,6 +77,9 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// The whole pool on one machine: two Litecoin regtest chains as demo coins, server
+    /// (SQLite), proxy, coin adapters and simulated miners, with a live status.
+    Demo(demo::DemoArgs),
     /// Load generator: simulated miners that really hash, and a test upstream pool (loopback
     /// only, bounded in time and count).
     Loadgen {
@@ -303,6 +308,7 @@ fn main() -> ExitCode {
         Command::Loadgen {
             command: LoadgenCommand::Pool(args),
         } => loadgen_pool(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 
