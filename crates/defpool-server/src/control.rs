@@ -8,16 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{decode, encode, Message, ProxyId};
+use defpool_control::{decode, encode, Batch, Message, ProxyId, Record};
 use defpool_core::secret::Secret;
-use defpool_store::ApplyOutcome;
+use defpool_store::{ApplyOutcome, ApplySummary};
 use defpool_stratum::sv1::LineReader;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-use crate::state::Shared;
+use crate::ledger::check_payable;
+use crate::state::{FeedEvent, Metrics, Shared};
 
 /// Who may connect: proxy id → token.
 #[derive(Clone, Default)]
@@ -129,6 +130,7 @@ impl ControlPlane {
             return e;
         }
         tracing::info!(proxy = %proxy.0, peer = %peer, last_applied = last, "proxy connected");
+        let _connected = Connected::new(&self.shared.metrics);
         loop {
             tokio::select! {
                 line = lines.next_line() => {
@@ -153,14 +155,24 @@ impl ControlPlane {
                         return "a batch of another proxy".into();
                     }
                     let sequence = batch.sequence;
+                    let metrics = &self.shared.metrics;
                     match self.shared.store.apply_batch(&batch).await {
                         Ok(ApplyOutcome::Gap { expected }) => {
+                            Metrics::add(&metrics.batches_gap, 1);
                             let _ = send(&mut write, &Message::Error { code: "sequence-gap".into(), message: format!("expected batch {expected}, got {sequence}") }).await;
                             return format!("sequence gap: expected {expected}, got {sequence}");
                         }
                         Ok(outcome) => {
-                            if let ApplyOutcome::Duplicate { .. } = outcome {
-                                tracing::debug!(proxy = %proxy.0, sequence, "duplicate batch acknowledged again");
+                            match &outcome {
+                                ApplyOutcome::Applied(summary) => {
+                                    Metrics::add(&metrics.batches_applied, 1);
+                                    Metrics::add(&metrics.work_records, summary.work_records as u64);
+                                    self.after_applied(&batch, summary).await;
+                                }
+                                _ => {
+                                    Metrics::add(&metrics.batches_duplicate, 1);
+                                    tracing::debug!(proxy = %proxy.0, sequence, "duplicate batch acknowledged again");
+                                }
                             }
                             if let Err(e) = send(&mut write, &Message::Ack { sequence }).await {
                                 return e;
@@ -168,6 +180,7 @@ impl ControlPlane {
                         }
                         Err(e) => {
                             // Not applied, not acknowledged: the proxy keeps it and resends.
+                            Metrics::add(&metrics.batch_errors, 1);
                             tracing::error!(proxy = %proxy.0, sequence, error = %e, "could not apply a batch");
                             return format!("store: {e}");
                         }
@@ -178,6 +191,7 @@ impl ControlPlane {
                         if let Err(e) = send(&mut write, &Message::Assign(a)).await {
                             return e;
                         }
+                        Metrics::add(&self.shared.metrics.assignments_pushed, 1);
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -187,6 +201,7 @@ impl ControlPlane {
                                 if let Err(e) = send(&mut write, &Message::Assign(a)).await {
                                     return e;
                                 }
+                                Metrics::add(&self.shared.metrics.assignments_pushed, 1);
                             }
                         }
                     }
@@ -195,6 +210,60 @@ impl ControlPlane {
                 _ = stop.changed() => return "server stopping".into(),
             }
         }
+    }
+}
+
+impl ControlPlane {
+    /// After a batch committed: users' payout addresses checked again (an unpayable user's work
+    /// stays on record, the ledger withholds their credits), block phase changes published and
+    /// handed to the ledger service.
+    async fn after_applied(&self, batch: &Batch, summary: &ApplySummary) {
+        let cfg = &self.shared.config;
+        for record in &batch.records {
+            if let Record::User(u) = record {
+                if let Err(cause) = check_payable(
+                    &cfg.registry,
+                    cfg.config.network,
+                    &u.user,
+                    u.payout_address.as_deref(),
+                ) {
+                    tracing::warn!(proxy = %batch.proxy_id, user = %u.user, cause = %cause, "user cannot be paid: work kept, credits withheld");
+                }
+            }
+        }
+        if summary.block_changes.is_empty() {
+            return;
+        }
+        for change in &summary.block_changes {
+            let height = match self.shared.store.block(&change.block_hash).await {
+                Ok(b) => b.and_then(|b| b.height),
+                Err(_) => None,
+            };
+            self.shared.publish(FeedEvent::Block {
+                at_ms: self.shared.now_ms(),
+                coin: change.coin.clone(),
+                hash: change.block_hash.clone(),
+                height,
+                phase: change.to.as_str().to_string(),
+            });
+        }
+        self.shared.ledger_now.notify_one();
+    }
+}
+
+/// The `proxies_connected` gauge for one connection's life.
+struct Connected<'a>(&'a Metrics);
+
+impl<'a> Connected<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Metrics::add(&metrics.proxies_connected, 1);
+        Connected(metrics)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        Metrics::sub(&self.0.proxies_connected, 1);
     }
 }
 

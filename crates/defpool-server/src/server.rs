@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use defpool_config::Validated;
 use defpool_store::{Store, StoreError};
@@ -37,7 +38,9 @@ pub struct Started {
     pub api: SocketAddr,
 }
 
-/// Runs the server until `shutdown` resolves.
+/// Runs the server until `shutdown` resolves: the control plane, the decision loop, the ledger
+/// service and the API share one [`Shared`]; on shutdown every task is told to stop and awaited
+/// (briefly) before the store closes.
 pub async fn run(
     v: Validated,
     started: Option<oneshot::Sender<Started>>,
@@ -47,64 +50,67 @@ pub async fn run(
     let store = Store::connect(&cfg.database_url).await?;
     let report = store.migrate().await?;
     tracing::info!(backend = ?store.backend(), ?report, "store ready");
-    let credentials = Credentials(
-        cfg.proxies
-            .iter()
-            .filter_map(|p| p.token.clone().map(|t| (p.id.clone(), t)))
-            .collect(),
-    );
     let shared = Shared::new(store.clone(), Arc::new(v), system_clock());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
     let plane = Arc::new(ControlPlane {
         shared: shared.clone(),
-        credentials,
+        credentials: Credentials(
+            cfg.proxies
+                .iter()
+                .filter_map(|p| p.token.clone().map(|t| (p.id.clone(), t)))
+                .collect(),
+        ),
     });
-    let listener = TcpListener::bind(cfg.control_listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.control_listen,
-            source,
-        })?;
-    let control = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.control_listen,
-            source,
-        })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(plane.serve(listener, stop_rx.clone()));
+    let (listener, control) = bind(cfg.control_listen).await?;
+    tasks.push(tokio::spawn(plane.serve(listener, stop_rx.clone())));
     tracing::info!(listen = %control, "control plane open");
-    let api_listener =
-        TcpListener::bind(cfg.api_listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: cfg.api_listen,
-                source,
-            })?;
-    let api = api_listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.api_listen,
-            source,
-        })?;
+
+    tasks.push(tokio::spawn(crate::decision::run(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::ledger::run(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
+
+    let (api_listener, api) = bind(cfg.api_listen).await?;
     let app = crate::api::router(crate::api::ApiState {
         shared: shared.clone(),
         admin_token: cfg.admin_token.clone(),
     });
     let mut api_stop = stop_rx.clone();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let _ = axum::serve(api_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = api_stop.changed().await;
             })
             .await;
-    });
+    }));
     tracing::info!(listen = %api, "API open");
+
     if let Some(tx) = started {
         let _ = tx.send(Started { control, api });
     }
     shutdown.await;
     tracing::info!("server stopping");
     let _ = stop_tx.send(true);
+    for task in tasks {
+        // A task stuck in a store call must not hold the process: give up after a while.
+        let _ = tokio::time::timeout(STOP_GRACE, task).await;
+    }
     store.close().await;
     Ok(())
+}
+
+/// How long shutdown waits for each task.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listen = |source| ServerError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    Ok((listener, local))
 }
