@@ -17,3 +17,4 @@ pub mod ledger;
 pub mod market;
 pub mod server;
 pub mod state;
+pub mod stats;

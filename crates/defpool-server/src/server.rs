@@ -65,6 +65,7 @@ pub async fn run(
     });
     let (listener, control) = bind(cfg.control_listen).await?;
     tasks.push(tokio::spawn(plane.serve(listener, stop_rx.clone())));
+    crate::stats::spawn(shared.clone(), stop_rx.clone());
     tracing::info!(listen = %control, "control plane open");
 
     tasks.push(tokio::spawn(crate::decision::run(

@@ -474,6 +474,15 @@ impl Store {
     pub async fn pool_counts(&self, active_since_ms: u64) -> Result<(u64, u64, u64), StoreError> {
         dispatch!(self, s => s.pool_counts(active_since_ms).await)
     }
+
+    /// Every `(coin, user, worker)` with credited work in minutes at or after `since_ms`: who
+    /// mined what lately (hashrate events per algorithm).
+    pub async fn active_workers(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
+        dispatch!(self, s => s.active_workers(since_ms).await)
+    }
 }
 
 // ---- helpers shared by the backends ----

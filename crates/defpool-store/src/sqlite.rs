@@ -1064,6 +1064,26 @@ impl SqliteStore {
             get_u64(&row, 2, "active workers")?,
         ))
     }
+
+    pub(crate) async fn active_workers(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1",
+        )
+        .bind(crate::clamp_i64(since_ms))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("listing active workers"))?;
+        rows.iter()
+            .map(|r| {
+                let coin: String = get(r, 0, "coin")?;
+                let coin = Ticker::try_from(coin).map_err(|e| corrupt("coin", e))?;
+                Ok((coin, get(r, 1, "user")?, get(r, 2, "worker")?))
+            })
+            .collect()
+    }
 }
 
 async fn apply_migration(conn: &mut SqliteConnection, m: &Migration) -> Result<(), StoreError> {
