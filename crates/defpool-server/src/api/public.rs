@@ -340,10 +340,11 @@ async fn earnings(api: &Api, user: &str, first_seen_ms: u64, now: u64) -> Result
     {
         *realised.entry(e.coin).or_insert(0) += e.amount;
     }
-    let from = first_seen_ms - first_seen_ms % Bucket::Hour.millis();
+    // All the user's work (work may predate the first user record a proxy sent).
+    let _ = first_seen_ms;
     let hours = shared
         .store
-        .hashrate_series(user, None, Bucket::Hour, from, now + 1)
+        .hashrate_series(user, None, Bucket::Hour, 0, now + 1)
         .await?;
     let history = api.history.get(api).await?;
     #[derive(Default)]
