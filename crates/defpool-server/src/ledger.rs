@@ -48,6 +48,7 @@ pub enum LedgerError {
     Invalid(String),
     #[error("store: {0}")]
     Store(#[from] defpool_store::StoreError),
+    /// Kept for callers that match on it; no longer returned (payouts are wired).
     #[error("pool payouts are not wired to the ledger yet")]
     NotWired,
 }
@@ -532,4 +533,40 @@ pub async fn user_balances(
     user: &str,
 ) -> Result<BTreeMap<Ticker, i64>, LedgerError> {
     Ok(store.balances(&Account::user(user).to_string()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_factor_times_difficulty_in_work_units() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert_eq!(pplns_window_work(d("2"), d("1")), 2 << 32);
+        assert_eq!(pplns_window_work(d("2"), d("0.0001")), 858_993);
+        assert_eq!(pplns_window_work(d("1.5"), d("1000")), 6_442_450_944_000);
+        // Never empty, never overflowing.
+        assert_eq!(pplns_window_work(d("0.000001"), d("0.000001")), 1);
+        assert_eq!(pplns_window_work(Decimal::MAX, Decimal::MAX), u128::MAX);
+    }
+
+    #[test]
+    fn payable_users() {
+        let reg = CoinRegistry::builtin();
+        let net = Network::Regtest;
+        let addr = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        assert_eq!(check_payable(&reg, net, addr, Some(addr)), Ok(()));
+        assert_eq!(check_payable(&reg, net, "carol_01", None), Ok(()));
+        // A mainnet address on a regtest pool, a non-address of address length, a bad account
+        // name, a stored payout address that is not one: each refused with its cause.
+        let main = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        assert!(check_payable(&reg, net, main, None)
+            .unwrap_err()
+            .contains("not a BTC address"));
+        assert!(check_payable(&reg, net, "bcrt1qnotanaddressnotanaddress", None).is_err());
+        assert!(check_payable(&reg, net, "bad name!", None)
+            .unwrap_err()
+            .contains("account name"));
+        assert!(check_payable(&reg, net, "carol", Some("nonsense")).is_err());
+    }
 }
