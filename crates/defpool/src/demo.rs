@@ -68,11 +68,14 @@ const SWITCH_X_PERCENT: f64 = 1.0;
 const REST_OF_NETWORK_EVERY: Duration = Duration::from_millis(500);
 /// Height pre-mined on a fresh chain (past IBD, mature wallet coins for the MWEB peg-in).
 const PREMINE: u64 = 120;
-/// Scrypt share difficulty (stratum convention): ~131 hashes a share.
-const SHARE_DIFFICULTY: f64 = 0.002;
-/// Block candidates must meet this (network convention): ~8,600 hashes, one block every few
-/// seconds at the miners' paced rate.
-const BLOCK_TARGET_DIFFICULTY: f64 = 0.000002;
+/// Block candidates must meet this (network convention): ~2,100 hashes.
+const BLOCK_TARGET_DIFFICULTY: f64 = 0.000_000_5;
+/// Scrypt share difficulty (stratum convention, ×2^16): a hair above the block target, so every
+/// share is a block. On regtest the proxy sees every share as a block candidate (nbits is the
+/// easiest target) and forwards it; the adapter caps its channel target at the block target,
+/// so shares easier than that would be rejected upstream and mark the adapter down. Few shares
+/// (about 1.5 a second in all) keep the block rate sensible.
+const SHARE_DIFFICULTY: f64 = BLOCK_TARGET_DIFFICULTY * 65_536.0 * 1.001;
 /// Miners stop this long before the end, so their last shares reach the store.
 const SETTLE_SECS: f64 = 20.0;
 
@@ -118,8 +121,13 @@ mod sys {
     use std::os::raw::{c_int, c_ulong};
     // The C library is linked by std; these three calls are all the demo needs from it.
     extern "C" {
-        pub fn prctl(option: c_int, arg2: c_ulong, arg3: c_ulong, arg4: c_ulong, arg5: c_ulong)
-            -> c_int;
+        pub fn prctl(
+            option: c_int,
+            arg2: c_ulong,
+            arg3: c_ulong,
+            arg4: c_ulong,
+            arg5: c_ulong,
+        ) -> c_int;
         pub fn getppid() -> c_int;
         pub fn kill(pid: c_int, sig: c_int) -> c_int;
     }
@@ -183,7 +191,12 @@ impl Proc {
 /// Spawns `cmd` with stderr (and stdout unless `stdout` is given) appended to `logs/<name>.log`,
 /// in its own process group, with SIGKILL as its parent-death signal. Must run on the main
 /// thread: the death signal follows the thread that forked.
-fn spawn(dir: &Path, name: &str, mut cmd: Command, stdout: Option<PathBuf>) -> Result<Proc, String> {
+fn spawn(
+    dir: &Path,
+    name: &str,
+    mut cmd: Command,
+    stdout: Option<PathBuf>,
+) -> Result<Proc, String> {
     let log_path = dir.join("logs").join(format!("{name}.log"));
     let open = |p: &Path| {
         std::fs::File::options()
@@ -305,7 +318,12 @@ struct Node {
 }
 
 impl Node {
-    fn call(&self, rt: &tokio::runtime::Runtime, method: &str, params: Value) -> Result<Value, String> {
+    fn call(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         rt.block_on(self.rpc.call::<Value>(method, params))
             .map_err(|e| format!("{} {method}: {e}", self.label))
     }
@@ -556,28 +574,28 @@ const MINERS: [MinerGroup; 4] = [
         user: "alice",
         kind: "sv1",
         count: 2,
-        shares_per_sec: 5.0,
+        shares_per_sec: 0.5,
     },
     MinerGroup {
         name: "bob-sv2-extended",
         user: "bob",
         kind: "sv2-extended",
         count: 2,
-        shares_per_sec: 4.0,
+        shares_per_sec: 0.5,
     },
     MinerGroup {
         name: "carol-sv1-xnsub",
         user: "carol",
         kind: "sv1-xnsub",
         count: 1,
-        shares_per_sec: 2.0,
+        shares_per_sec: 0.25,
     },
     MinerGroup {
         name: "carol-sv2-standard",
         user: "carol",
         kind: "sv2-standard",
         count: 1,
-        shares_per_sec: 2.0,
+        shares_per_sec: 0.25,
     },
 ];
 
@@ -700,7 +718,12 @@ impl Demo {
             c
         };
         let cfg = config.to_string_lossy().to_string();
-        let server = spawn(&self.dir, "server", role(&["server", "--config", &cfg]), None)?;
+        let server = spawn(
+            &self.dir,
+            "server",
+            role(&["server", "--config", &cfg]),
+            None,
+        )?;
         self.all_pids.push(server.pid());
         self.roles.push(server);
         self.wait_port("server API", self.ports.api)?;
@@ -765,7 +788,10 @@ impl Demo {
                 cmd.args(["--authority-public-key", PROXY_PUB]);
             }
             cmd.env("RUST_LOG", "warn");
-            let stdout = self.dir.join("logs").join(format!("loadgen-{}.out", g.name));
+            let stdout = self
+                .dir
+                .join("logs")
+                .join(format!("loadgen-{}.out", g.name));
             let p = spawn(&self.dir, &format!("loadgen-{}", g.name), cmd, Some(stdout))?;
             self.all_pids.push(p.pid());
             self.miners.push(p);
@@ -858,7 +884,11 @@ impl Demo {
                 &self.dir,
                 &format!("litecoind-{key}1"),
                 &base.join("node1"),
-                &["-listen=1".into(), "-connect=0".into(), "-disablewallet".into()],
+                &[
+                    "-listen=1".into(),
+                    "-connect=0".into(),
+                    "-disablewallet".into(),
+                ],
             )?;
             self.all_pids.push(p1.pid());
             self.nodes.push(p1);
@@ -876,14 +906,18 @@ impl Demo {
                 Duration::from_secs(90),
                 || node1.height(rt).is_ok() && node2.height(rt).is_ok(),
             )?;
-            wait_for(&format!("chain {key} peering"), Duration::from_secs(60), || {
-                node1
-                    .call(rt, "getconnectioncount", json!([]))
-                    .ok()
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0)
-                    > 0
-            })?;
+            wait_for(
+                &format!("chain {key} peering"),
+                Duration::from_secs(60),
+                || {
+                    node1
+                        .call(rt, "getconnectioncount", json!([]))
+                        .ok()
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(0)
+                        > 0
+                },
+            )?;
             let (reward_address, payout_address) = match state.as_ref().map(|s| &s[key]) {
                 Some(s) if s["reward_address"].is_string() => {
                     // Restart: the wallet is not loaded automatically.
@@ -895,22 +929,27 @@ impl Demo {
                 }
                 _ => {
                     node2.call(rt, "createwallet", json!(["demo"]))?;
-                    let reward = node2.call(rt, "getnewaddress", json!(["rest-of-network", "bech32"]))?;
-                    let payout = node2.call(rt, "getnewaddress", json!(["pool-payout", "bech32"]))?;
+                    let reward =
+                        node2.call(rt, "getnewaddress", json!(["rest-of-network", "bech32"]))?;
+                    let payout =
+                        node2.call(rt, "getnewaddress", json!(["pool-payout", "bech32"]))?;
                     let reward = reward.as_str().unwrap_or_default().to_string();
                     node2.call(rt, "generatetoaddress", json!([PREMINE, reward]))?;
                     (reward, payout.as_str().unwrap_or_default().to_string())
                 }
             };
             let h2 = node2.height(rt)?;
-            wait_for(&format!("chain {key} nodes agree"), Duration::from_secs(60), || {
-                node1.height(rt).map(|h| h >= h2).unwrap_or(false)
-            })?;
+            wait_for(
+                &format!("chain {key} nodes agree"),
+                Duration::from_secs(60),
+                || node1.height(rt).map(|h| h >= h2).unwrap_or(false),
+            )?;
             println!(
                 "demo: chain {key} ({ticker}, \"{name}\") at height {h2}: node 1 RPC {} (our adapter), node 2 RPC {} (rest of the network)",
                 node1.rpc_port, node2.rpc_port
             );
-            saved[key] = json!({"reward_address": reward_address, "payout_address": payout_address});
+            saved[key] =
+                json!({"reward_address": reward_address, "payout_address": payout_address});
             self.chains.push(Chain {
                 ticker,
                 name,
@@ -924,8 +963,11 @@ impl Demo {
                 blocks_by_rest: 0,
             });
         }
-        std::fs::write(&state_path, serde_json::to_string_pretty(&saved).expect("json"))
-            .map_err(|e| format!("cannot write {}: {e}", state_path.display()))?;
+        std::fs::write(
+            &state_path,
+            serde_json::to_string_pretty(&saved).expect("json"),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", state_path.display()))?;
         Ok(())
     }
 
@@ -1000,7 +1042,10 @@ impl Demo {
                     "defpool demo: {} exited ({}); see {}; stopping",
                     dead.0,
                     dead.1,
-                    self.dir.join("logs").join(format!("{}.log", dead.0)).display()
+                    self.dir
+                        .join("logs")
+                        .join(format!("{}.log", dead.0))
+                        .display()
                 );
                 code = ExitCode::FAILURE;
                 break;
@@ -1030,9 +1075,22 @@ impl Demo {
         code
     }
 
+    /// The store's work per coin for the demo users, through the API (each user's
+    /// `earnings.per_coin[].work`, summed).
     fn accounted_work(&self) -> Result<BTreeMap<String, u128>, String> {
-        let status = api_json(self.api, "/api/coins").or_else(|_| api_json(self.api, "/api/status"))?;
-        Ok(work_by_coin(&status))
+        let mut out = BTreeMap::new();
+        for (_, address) in USERS {
+            match api_json(self.api, &format!("/api/users/{address}")) {
+                Ok(u) => {
+                    for (coin, w) in user_work(&u) {
+                        *out.entry(coin).or_default() += w;
+                    }
+                }
+                Err(e) if e.contains("HTTP 404") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Waits (up to 15 s) until the store's work per coin stops changing for 3 s: the proxy
@@ -1061,13 +1119,17 @@ impl Demo {
             Err(e) => out.push_str(&format!("  pool status: not available ({e})\n")),
         }
         for c in &self.chains {
-            let h1 = c.node1.height(&self.rt).map(|h| h.to_string()).unwrap_or("?".into());
+            let h1 = c
+                .node1
+                .height(&self.rt)
+                .map(|h| h.to_string())
+                .unwrap_or("?".into());
             out.push_str(&format!(
                 "  chain {} ({}): height {h1}, rest-of-network blocks {}\n",
                 c.key, c.ticker, c.blocks_by_rest
             ));
         }
-        match api_json(self.api, "/api/blocks") {
+        match api_json(self.api, "/api/blocks?limit=1000") {
             Ok(b) => out.push_str(&render_blocks(&b)),
             Err(e) => out.push_str(&format!("  blocks: not available ({e})\n")),
         }
@@ -1086,7 +1148,13 @@ impl Demo {
         }
         for (name, address) in USERS {
             match api_json(self.api, &format!("/api/users/{address}")) {
-                Ok(u) => out.push_str(&format!("  {name:<6} {}\n", render_balances(&u))),
+                Ok(u) => {
+                    let (shares, online) = user_shares(&u);
+                    out.push_str(&format!(
+                        "  {name:<6} workers online {online}  shares {shares}  {}\n",
+                        render_balances(&u)
+                    ))
+                }
                 Err(e) => out.push_str(&format!("  {name:<6} not available ({e})\n")),
             }
         }
@@ -1159,7 +1227,7 @@ impl Demo {
             .collect();
         let accounted_run_total: u128 = accounted_run.values().sum();
         // Blocks: found per the store, accepted per the nodes.
-        let blocks_api = api_json(self.api, "/api/blocks").unwrap_or_else(|e| {
+        let blocks_api = api_json(self.api, "/api/blocks?limit=1000").unwrap_or_else(|e| {
             note("blocks", &e);
             Value::Null
         });
@@ -1177,7 +1245,10 @@ impl Demo {
                     for (coin, v) in &per_coin {
                         *balance_sums.entry(coin.clone()).or_default() += *v as i128;
                     }
-                    balances.insert(name.into(), json!({"address": address, "balances": per_coin}));
+                    balances.insert(
+                        name.into(),
+                        json!({"address": address, "balances": per_coin}),
+                    );
                 }
                 Err(e) => {
                     note(&format!("user {name}"), &e);
@@ -1334,27 +1405,6 @@ fn to_strings(m: &BTreeMap<String, u128>) -> BTreeMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
 }
 
-/// Work per coin from the API (`/api/coins` rows or the status's coin table), as u128.
-fn work_by_coin(v: &Value) -> BTreeMap<String, u128> {
-    let rows = v
-        .get("coins")
-        .and_then(|c| c.as_array())
-        .or_else(|| v.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let mut out = BTreeMap::new();
-    for r in rows {
-        let coin = r["coin"].as_str().or(r["ticker"].as_str());
-        let work = ["work", "total_work", "accounted_work"]
-            .iter()
-            .find_map(|k| r.get(*k).filter(|w| !w.is_null()));
-        if let (Some(c), Some(w)) = (coin, work) {
-            out.insert(c.to_string(), as_u128(w));
-        }
-    }
-    out
-}
-
 fn user_balances(u: &Value) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     match u.get("balances") {
@@ -1401,64 +1451,83 @@ fn render_balances(u: &Value) -> String {
 
 fn render_status(s: &Value) -> String {
     let mut out = String::new();
-    let groups = s
-        .get("groups")
-        .or_else(|| s.get("algorithms"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let rows: Vec<Value> = match &groups {
-        Value::Array(a) => a.clone(),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| {
-                let mut v = v.clone();
-                if v.get("algorithm").is_none() {
-                    v["algorithm"] = json!(k);
-                }
-                v
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    for g in &rows {
-        let coin = g
-            .get("coin")
-            .or_else(|| g.get("current_coin"))
-            .and_then(|c| c.as_str())
-            .unwrap_or("-");
+    let hashrates: BTreeMap<String, f64> = s["hashrate"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| {
+            Some((
+                h["algorithm"].as_str()?.to_string(),
+                h["hashrate_hs"].as_f64()?,
+            ))
+        })
+        .collect();
+    for g in s["groups"].as_array().into_iter().flatten() {
+        let algorithm = g["algorithm"].as_str().unwrap_or("?");
         out.push_str(&format!(
-            "  {}: mining {coin}  hashrate {}  miners {}  workers {}\n",
-            g["algorithm"].as_str().unwrap_or("?"),
-            hashrate(g.get("hashrate_hs").unwrap_or(&Value::Null)),
-            short(g.get("miners").or_else(|| g.get("users"))),
-            short(g.get("workers")),
+            "  {algorithm} (group {}): mining {}  pool hashrate {}  epoch {}\n",
+            g["group"].as_str().unwrap_or("?"),
+            g["coin"].as_str().unwrap_or("-"),
+            hashrate(hashrates.get(algorithm).copied()),
+            short(g.get("epoch")),
         ));
     }
-    if rows.is_empty() {
-        for k in ["hashrate_hs", "miners", "users", "workers", "shares"] {
-            if let Some(v) = s.get(k) {
-                out.push_str(&format!("  {k}: {}\n", short(Some(v))));
-            }
-        }
+    if s["groups"].as_array().is_none_or(|g| g.is_empty()) {
+        out.push_str("  no assignment yet (the decision loop has not chosen a coin)\n");
     }
-    if let Some(table) = s.get("profitability").and_then(|p| p.as_array()) {
-        let cells: Vec<String> = table
+    let c = &s["counts"];
+    out.push_str(&format!(
+        "  miners online {}  workers {}  users {}\n",
+        short(c.get("miners")),
+        short(c.get("workers")),
+        short(c.get("users"))
+    ));
+    let rows = s["profitability"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        let cells: Vec<String> = rows
             .iter()
             .map(|r| {
                 format!(
                     "{}{} {}",
                     r["coin"].as_str().unwrap_or("?"),
                     if r["current"] == true { "*" } else { "" },
-                    r["profitability"].as_str().map(trim_decimal).unwrap_or("-".into())
+                    r["profitability"]
+                        .as_str()
+                        .map(trim_decimal)
+                        .unwrap_or("-".into())
                 )
             })
             .collect();
-        out.push_str(&format!("  profitability (simulated market): {}\n", cells.join("  ")));
-    }
-    if out.is_empty() {
-        out.push_str(&format!("  status: {}\n", short(Some(s))));
+        out.push_str(&format!(
+            "  profitability (simulated market, BTC/day per {}): {}\n",
+            rows[0]["unit"].as_str().unwrap_or("unit"),
+            cells.join("  ")
+        ));
     }
     out
+}
+
+/// Work per coin of one user (`earnings.per_coin[].work`, decimal strings).
+fn user_work(u: &Value) -> BTreeMap<String, u128> {
+    u["earnings"]["per_coin"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["coin"].as_str()?.to_string(), as_u128(&r["work"]))))
+        .collect()
+}
+
+fn user_shares(u: &Value) -> (u64, u64) {
+    let workers = u["workers"].as_array().cloned().unwrap_or_default();
+    let shares = workers
+        .iter()
+        .map(|w| w["accepted_shares"].as_u64().unwrap_or(0))
+        .sum();
+    let online = workers.iter().filter(|w| w["online"] == true).count() as u64;
+    (shares, online)
 }
 
 fn render_blocks(b: &Value) -> String {
@@ -1493,15 +1562,16 @@ fn render_blocks(b: &Value) -> String {
     format!("  blocks found by the pool: {}\n", parts.join("; "))
 }
 
+/// A decimal string for display: four significant digits (floats only for showing).
 fn trim_decimal(s: &str) -> String {
-    match s.split_once('.') {
-        Some((i, f)) => format!("{i}.{}", &f[..f.len().min(8)]),
-        None => s.to_string(),
+    match s.parse::<f64>() {
+        Ok(x) if x != 0.0 => format!("{x:.4e}"),
+        _ => s.to_string(),
     }
 }
 
-fn hashrate(v: &Value) -> String {
-    let Some(h) = v.as_f64() else {
+fn hashrate(v: Option<f64>) -> String {
+    let Some(h) = v else {
         return "-".into();
     };
     let units = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s"];
@@ -1533,14 +1603,14 @@ fn short(v: Option<&Value>) -> String {
 /// adapters and upstreams, the server with the simulated market, the proxy.
 fn demo_config(dir: &Path, p: &Ports, chains: &[Chain]) -> String {
     let d = dir.display();
-    let mut t = format!(
+    let mut t = String::from(
         r#"# Generated by `defpool demo` at each start: the demo topology (regtest chains registered as
 # demo coins, simulated market, local-only demo credentials). Not for real money.
 network = "regtest"
 
 [log]
 level = "info"
-"#
+"#,
     );
     for (ticker, name, _) in COINS {
         t.push_str(&format!(
@@ -1574,6 +1644,10 @@ database_url = "sqlite:{d}/defpool-demo.db"
 admin_token = "{ADMIN_TOKEN}"
 pool_fee_bps = 100
 whitelist = [{wl}]
+
+[server.rate_limit]
+requests_per_sec = 1000
+burst = 1000
 
 [server.switching]
 hysteresis_percent = {SWITCH_X_PERCENT:.1}
