@@ -19,7 +19,7 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::migrate::{self, Migration};
-use crate::prepare::{prepare, BlockUpdate, Prepared};
+use crate::prepare::{prepare, BlockUpdate, KnownUsers, Prepared, UserRow};
 use crate::types::*;
 use crate::work::parse_decimal;
 use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
@@ -28,6 +28,7 @@ use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    known_users: KnownUsers,
 }
 
 fn get<'r, T>(row: &'r PgRow, i: usize, what: &'static str) -> Result<T, StoreError>
@@ -69,7 +70,10 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(db("connecting to PostgreSQL"))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            known_users: KnownUsers::default(),
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -129,7 +133,8 @@ impl PgStore {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
             return Ok(outcome);
         }
-        write_rows(&mut tx, &p).await?;
+        let new_users = self.known_users.unknown(&p.users);
+        write_rows(&mut tx, &p, &new_users).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -146,6 +151,7 @@ impl PgStore {
             }
         }
         tx.commit().await.map_err(db("committing a batch"))?;
+        self.known_users.remember(&p.users);
         Ok(ApplyOutcome::Applied(summary))
     }
 
@@ -1073,13 +1079,12 @@ impl PgStore {
         &self,
         since_ms: u64,
     ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1",
-        )
-        .bind(crate::clamp_i64(since_ms))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing active workers"))?;
+        let rows =
+            sqlx::query("SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1")
+                .bind(crate::clamp_i64(since_ms))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("listing active workers"))?;
         rows.iter()
             .map(|r| {
                 let coin: String = get(r, 0, "coin")?;
@@ -1164,185 +1169,187 @@ async fn advance_sequence(
     Ok(Some(crate::refused(p.sequence as u64, last)))
 }
 
-async fn write_rows(conn: &mut PgConnection, p: &Prepared<'_>) -> Result<(), StoreError> {
-    if !p.users.is_empty() {
-        let names: Vec<&str> = p.users.iter().map(|u| u.user).collect();
-        let payout: Vec<Option<&str>> = p.users.iter().map(|u| u.payout_address).collect();
-        let first: Vec<i64> = p.users.iter().map(|u| u.first_seen_ms).collect();
-        // Known users are left alone unless the batch adds something (no new row version).
-        sqlx::query(
-            "INSERT INTO users (user_name, payout_address, first_seen_ms) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
-             ON CONFLICT (user_name) DO UPDATE SET \
-             payout_address = COALESCE(users.payout_address, EXCLUDED.payout_address), \
-             first_seen_ms = LEAST(users.first_seen_ms, EXCLUDED.first_seen_ms) \
-             WHERE (users.payout_address IS NULL AND EXCLUDED.payout_address IS NOT NULL) \
-             OR EXCLUDED.first_seen_ms < users.first_seen_ms",
+/// Every row a batch adds, in one statement (one round trip): a data-modifying CTE per table,
+/// each an `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO UPDATE` in key order. An empty
+/// array inserts nothing. `users` are the batch's users that may change a stored one.
+const WRITE_ROWS: &str = "WITH \
+    ins_users AS (INSERT INTO users (user_name, payout_address, first_seen_ms) \
+      SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+      ON CONFLICT (user_name) DO UPDATE SET \
+      payout_address = COALESCE(users.payout_address, EXCLUDED.payout_address), \
+      first_seen_ms = LEAST(users.first_seen_ms, EXCLUDED.first_seen_ms) \
+      WHERE (users.payout_address IS NULL AND EXCLUDED.payout_address IS NOT NULL) \
+      OR EXCLUDED.first_seen_ms < users.first_seen_ms), \
+    ins_workers AS (INSERT INTO workers (user_name, worker, first_seen_ms, last_seen_ms, \
+      last_share_ms, accepted_shares, late_shares, rejected_shares) \
+      SELECT * FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
+      $9::bigint[], $10::bigint[], $11::bigint[]) \
+      ON CONFLICT (user_name, worker) DO UPDATE SET \
+      first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms), \
+      last_seen_ms = GREATEST(workers.last_seen_ms, EXCLUDED.last_seen_ms), \
+      last_share_ms = GREATEST(workers.last_share_ms, EXCLUDED.last_share_ms), \
+      accepted_shares = workers.accepted_shares + EXCLUDED.accepted_shares, \
+      late_shares = workers.late_shares + EXCLUDED.late_shares, \
+      rejected_shares = workers.rejected_shares + EXCLUDED.rejected_shares), \
+    ins_rejects AS (INSERT INTO worker_rejects (user_name, worker, reason, shares) \
+      SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::bigint[]) \
+      ON CONFLICT (user_name, worker, reason) DO UPDATE SET \
+      shares = worker_rejects.shares + EXCLUDED.shares), \
+    ins_work AS (INSERT INTO work (user_name, worker, coin, epoch, upstream, minute_ms, work, \
+      accepted_shares, late_shares, rejected_shares, stale_shares) \
+      SELECT u, w, c, e, up, m, wk::numeric, a, l, r, s FROM UNNEST($16::text[], \
+      $17::text[], $18::text[], $19::bigint[], $20::text[], $21::bigint[], $22::text[], \
+      $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[]) \
+      AS t(u, w, c, e, up, m, wk, a, l, r, s) \
+      ON CONFLICT (user_name, worker, coin, epoch, upstream, minute_ms) DO UPDATE SET \
+      work = work.work + EXCLUDED.work, \
+      accepted_shares = work.accepted_shares + EXCLUDED.accepted_shares, \
+      late_shares = work.late_shares + EXCLUDED.late_shares, \
+      rejected_shares = work.rejected_shares + EXCLUDED.rejected_shares, \
+      stale_shares = work.stale_shares + EXCLUDED.stale_shares), \
+    ins_user_minute AS (INSERT INTO user_minute (user_name, minute_ms, coin, work, shares, \
+      rejected_shares, stale_shares) \
+      SELECT u, m, c, wk::numeric, s, r, st FROM UNNEST($27::text[], $28::bigint[], \
+      $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::bigint[]) \
+      AS t(u, m, c, wk, s, r, st) \
+      ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
+      work = user_minute.work + EXCLUDED.work, \
+      shares = user_minute.shares + EXCLUDED.shares, \
+      rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
+      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares), \
+    ins_coin_minute AS (INSERT INTO coin_minute (coin, minute_ms, work, shares, \
+      rejected_shares, stale_shares) \
+      SELECT c, m, wk::numeric, s, r, st FROM UNNEST($34::text[], $35::bigint[], \
+      $36::text[], $37::bigint[], $38::bigint[], $39::bigint[]) AS t(c, m, wk, s, r, st) \
+      ON CONFLICT (coin, minute_ms) DO UPDATE SET \
+      work = coin_minute.work + EXCLUDED.work, \
+      shares = coin_minute.shares + EXCLUDED.shares, \
+      rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
+      stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares) \
+    SELECT 1";
+
+async fn write_rows(
+    conn: &mut PgConnection,
+    p: &Prepared<'_>,
+    users: &[UserRow<'_>],
+) -> Result<(), StoreError> {
+    let workers = &p.workers;
+    let rejects = &p.rejects;
+    let work = &p.work;
+    let user_minutes = &p.user_minutes;
+    let coin_minutes = &p.coin_minutes;
+    sqlx::query(WRITE_ROWS)
+        .bind(users.iter().map(|u| u.user).collect::<Vec<_>>())
+        .bind(users.iter().map(|u| u.payout_address).collect::<Vec<_>>())
+        .bind(users.iter().map(|u| u.first_seen_ms).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.user).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.worker).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.first_seen_ms).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.last_seen_ms).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.last_share_ms).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.accepted).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.late).collect::<Vec<_>>())
+        .bind(workers.iter().map(|w| w.rejected).collect::<Vec<_>>())
+        .bind(rejects.iter().map(|((u, _, _), _)| *u).collect::<Vec<_>>())
+        .bind(rejects.iter().map(|((_, w, _), _)| *w).collect::<Vec<_>>())
+        .bind(rejects.iter().map(|((_, _, r), _)| *r).collect::<Vec<_>>())
+        .bind(rejects.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.user).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.worker).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.coin).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.epoch).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.upstream).collect::<Vec<_>>())
+        .bind(work.iter().map(|(k, _)| k.minute_ms).collect::<Vec<_>>())
+        .bind(
+            work.iter()
+                .map(|(_, r)| r.work.to_string())
+                .collect::<Vec<_>>(),
         )
-        .bind(&names)
-        .bind(&payout)
-        .bind(&first)
+        .bind(work.iter().map(|(_, r)| r.accepted).collect::<Vec<_>>())
+        .bind(work.iter().map(|(_, r)| r.late).collect::<Vec<_>>())
+        .bind(work.iter().map(|(_, r)| r.rejected).collect::<Vec<_>>())
+        .bind(work.iter().map(|(_, r)| r.stale).collect::<Vec<_>>())
+        .bind(
+            user_minutes
+                .iter()
+                .map(|((u, _, _), _)| *u)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|((_, t, _), _)| *t)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|((_, _, c), _)| *c)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|(_, a)| a.work.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|(_, a)| a.shares)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|(_, a)| a.rejected)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|(_, a)| a.stale)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|((c, _), _)| *c)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|((_, t), _)| *t)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|(_, a)| a.work.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|(_, a)| a.shares)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|(_, a)| a.rejected)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            coin_minutes
+                .iter()
+                .map(|(_, a)| a.stale)
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await
-        .map_err(db("writing users"))?;
-    }
-    if !p.workers.is_empty() {
-        let w = &p.workers;
-        let users: Vec<&str> = w.iter().map(|w| w.user).collect();
-        let names: Vec<&str> = w.iter().map(|w| w.worker).collect();
-        let first: Vec<i64> = w.iter().map(|w| w.first_seen_ms).collect();
-        let last: Vec<i64> = w.iter().map(|w| w.last_seen_ms).collect();
-        let share: Vec<Option<i64>> = w.iter().map(|w| w.last_share_ms).collect();
-        let accepted: Vec<i64> = w.iter().map(|w| w.accepted).collect();
-        let late: Vec<i64> = w.iter().map(|w| w.late).collect();
-        let rejected: Vec<i64> = w.iter().map(|w| w.rejected).collect();
-        sqlx::query(
-            "INSERT INTO workers (user_name, worker, first_seen_ms, last_seen_ms, last_share_ms, \
-             accepted_shares, late_shares, rejected_shares) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
-             $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) \
-             ON CONFLICT (user_name, worker) DO UPDATE SET \
-             first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms), \
-             last_seen_ms = GREATEST(workers.last_seen_ms, EXCLUDED.last_seen_ms), \
-             last_share_ms = GREATEST(workers.last_share_ms, EXCLUDED.last_share_ms), \
-             accepted_shares = workers.accepted_shares + EXCLUDED.accepted_shares, \
-             late_shares = workers.late_shares + EXCLUDED.late_shares, \
-             rejected_shares = workers.rejected_shares + EXCLUDED.rejected_shares",
-        )
-        .bind(&users)
-        .bind(&names)
-        .bind(&first)
-        .bind(&last)
-        .bind(&share)
-        .bind(&accepted)
-        .bind(&late)
-        .bind(&rejected)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("writing workers"))?;
-    }
-    if !p.rejects.is_empty() {
-        let users: Vec<&str> = p.rejects.iter().map(|((u, _, _), _)| *u).collect();
-        let workers: Vec<&str> = p.rejects.iter().map(|((_, w, _), _)| *w).collect();
-        let reasons: Vec<&str> = p.rejects.iter().map(|((_, _, r), _)| *r).collect();
-        let counts: Vec<i64> = p.rejects.iter().map(|(_, n)| *n).collect();
-        sqlx::query(
-            "INSERT INTO worker_rejects (user_name, worker, reason, shares) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) \
-             ON CONFLICT (user_name, worker, reason) DO UPDATE SET \
-             shares = worker_rejects.shares + EXCLUDED.shares",
-        )
-        .bind(&users)
-        .bind(&workers)
-        .bind(&reasons)
-        .bind(&counts)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("writing rejects"))?;
-    }
-    if !p.work.is_empty() {
-        let w = &p.work;
-        let users: Vec<&str> = w.iter().map(|(k, _)| k.user).collect();
-        let workers: Vec<&str> = w.iter().map(|(k, _)| k.worker).collect();
-        let coins: Vec<&str> = w.iter().map(|(k, _)| k.coin).collect();
-        let epochs: Vec<i64> = w.iter().map(|(k, _)| k.epoch).collect();
-        let upstreams: Vec<&str> = w.iter().map(|(k, _)| k.upstream).collect();
-        let minutes: Vec<i64> = w.iter().map(|(k, _)| k.minute_ms).collect();
-        let work: Vec<String> = w.iter().map(|(_, r)| r.work.to_string()).collect();
-        let accepted: Vec<i64> = w.iter().map(|(_, r)| r.accepted).collect();
-        let late: Vec<i64> = w.iter().map(|(_, r)| r.late).collect();
-        let rejected: Vec<i64> = w.iter().map(|(_, r)| r.rejected).collect();
-        let stale: Vec<i64> = w.iter().map(|(_, r)| r.stale).collect();
-        sqlx::query(
-            "INSERT INTO work (user_name, worker, coin, epoch, upstream, minute_ms, work, \
-             accepted_shares, late_shares, rejected_shares, stale_shares) \
-             SELECT u, w, c, e, up, m, wk::numeric, a, l, r, s FROM UNNEST($1::text[], \
-             $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], \
-             $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
-             AS t(u, w, c, e, up, m, wk, a, l, r, s) \
-             ON CONFLICT (user_name, worker, coin, epoch, upstream, minute_ms) DO UPDATE SET \
-             work = work.work + EXCLUDED.work, \
-             accepted_shares = work.accepted_shares + EXCLUDED.accepted_shares, \
-             late_shares = work.late_shares + EXCLUDED.late_shares, \
-             rejected_shares = work.rejected_shares + EXCLUDED.rejected_shares, \
-             stale_shares = work.stale_shares + EXCLUDED.stale_shares",
-        )
-        .bind(&users)
-        .bind(&workers)
-        .bind(&coins)
-        .bind(&epochs)
-        .bind(&upstreams)
-        .bind(&minutes)
-        .bind(&work)
-        .bind(&accepted)
-        .bind(&late)
-        .bind(&rejected)
-        .bind(&stale)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("writing work"))?;
-    }
-    if !p.user_minutes.is_empty() {
-        let m = &p.user_minutes;
-        let users: Vec<&str> = m.iter().map(|((u, _, _), _)| *u).collect();
-        let minutes: Vec<i64> = m.iter().map(|((_, t, _), _)| *t).collect();
-        let coins: Vec<&str> = m.iter().map(|((_, _, c), _)| *c).collect();
-        let work: Vec<String> = m.iter().map(|(_, a)| a.work.to_string()).collect();
-        let shares: Vec<i64> = m.iter().map(|(_, a)| a.shares).collect();
-        let rejected: Vec<i64> = m.iter().map(|(_, a)| a.rejected).collect();
-        let stale: Vec<i64> = m.iter().map(|(_, a)| a.stale).collect();
-        sqlx::query(
-            "INSERT INTO user_minute (user_name, minute_ms, coin, work, shares, rejected_shares, \
-             stale_shares) \
-             SELECT u, m, c, wk::numeric, s, r, st FROM UNNEST($1::text[], $2::bigint[], \
-             $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[]) \
-             AS t(u, m, c, wk, s, r, st) \
-             ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
-             work = user_minute.work + EXCLUDED.work, \
-             shares = user_minute.shares + EXCLUDED.shares, \
-             rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
-             stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares",
-        )
-        .bind(&users)
-        .bind(&minutes)
-        .bind(&coins)
-        .bind(&work)
-        .bind(&shares)
-        .bind(&rejected)
-        .bind(&stale)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("writing user rollups"))?;
-    }
-    if !p.coin_minutes.is_empty() {
-        let m = &p.coin_minutes;
-        let coins: Vec<&str> = m.iter().map(|((c, _), _)| *c).collect();
-        let minutes: Vec<i64> = m.iter().map(|((_, t), _)| *t).collect();
-        let work: Vec<String> = m.iter().map(|(_, a)| a.work.to_string()).collect();
-        let shares: Vec<i64> = m.iter().map(|(_, a)| a.shares).collect();
-        let rejected: Vec<i64> = m.iter().map(|(_, a)| a.rejected).collect();
-        let stale: Vec<i64> = m.iter().map(|(_, a)| a.stale).collect();
-        sqlx::query(
-            "INSERT INTO coin_minute (coin, minute_ms, work, shares, rejected_shares, \
-             stale_shares) \
-             SELECT c, m, wk::numeric, s, r, st FROM UNNEST($1::text[], $2::bigint[], \
-             $3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) AS t(c, m, wk, s, r, st) \
-             ON CONFLICT (coin, minute_ms) DO UPDATE SET \
-             work = coin_minute.work + EXCLUDED.work, \
-             shares = coin_minute.shares + EXCLUDED.shares, \
-             rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
-             stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares",
-        )
-        .bind(&coins)
-        .bind(&minutes)
-        .bind(&work)
-        .bind(&shares)
-        .bind(&rejected)
-        .bind(&stale)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("writing coin rollups"))?;
-    }
+        .map_err(db("writing a batch's rows"))?;
     Ok(())
 }
 

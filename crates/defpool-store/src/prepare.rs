@@ -229,6 +229,58 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
     Ok(p)
 }
 
+/// What committed batches told this process about each user: a payout address is stored,
+/// and the earliest first-seen time stored. Both only ever move one way in the database (the
+/// address is set once, first-seen only goes down), so a remembered fact stays true across
+/// restarts and other writers; a user row that would change nothing is not written again.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KnownUsers {
+    inner: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KnownUser>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KnownUser {
+    has_payout: bool,
+    first_seen_ms: i64,
+}
+
+/// Beyond this many users the memory is dropped and rebuilt from later batches.
+const KNOWN_USERS_MAX: usize = 1_000_000;
+
+impl KnownUsers {
+    /// The rows of `users` that may change the stored user.
+    pub(crate) fn unknown<'a>(&self, users: &[UserRow<'a>]) -> Vec<UserRow<'a>> {
+        let known = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .iter()
+            .filter(|u| match known.get(u.user) {
+                None => true,
+                Some(k) => {
+                    (u.payout_address.is_some() && !k.has_payout)
+                        || u.first_seen_ms < k.first_seen_ms
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// After a commit: every row of `users` is now stored (merged into the stored user).
+    pub(crate) fn remember(&self, users: &[UserRow<'_>]) {
+        let mut known = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() + users.len() > KNOWN_USERS_MAX {
+            known.clear();
+        }
+        for u in users {
+            let k = known.entry(u.user.to_string()).or_insert(KnownUser {
+                has_payout: false,
+                first_seen_ms: u.first_seen_ms,
+            });
+            k.has_payout |= u.payout_address.is_some();
+            k.first_seen_ms = k.first_seen_ms.min(u.first_seen_ms);
+        }
+    }
+}
+
 /// Checks an event's numbers fit before the transaction starts.
 fn check_event(e: &Event) -> Result<(), StoreError> {
     match e {
@@ -415,6 +467,28 @@ impl BlockUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_users_skip_only_rows_that_change_nothing() {
+        let row = |user, payout, first_seen_ms| UserRow {
+            user,
+            payout_address: payout,
+            first_seen_ms,
+        };
+        let known = KnownUsers::default();
+        let first = [row("a", None, 100), row("b", Some("bc1qb"), 100)];
+        assert_eq!(known.unknown(&first).len(), 2);
+        known.remember(&first);
+        assert!(known.unknown(&first).is_empty());
+        assert!(known.unknown(&[row("a", None, 200)]).is_empty());
+        // A later address, an earlier first-seen: written again.
+        assert_eq!(known.unknown(&[row("a", Some("bc1qa"), 200)]).len(), 1);
+        assert_eq!(known.unknown(&[row("b", None, 99)]).len(), 1);
+        assert!(known
+            .unknown(&[row("b", Some("bc1qother"), 100)])
+            .is_empty());
+        assert_eq!(known.unknown(&[row("c", None, 100)]).len(), 1);
+    }
 
     #[test]
     fn minutes() {

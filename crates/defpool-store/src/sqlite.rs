@@ -18,7 +18,7 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::migrate::{self, Migration};
-use crate::prepare::{prepare, BlockUpdate, Prepared};
+use crate::prepare::{prepare, BlockUpdate, KnownUsers, Prepared, UserRow};
 use crate::types::*;
 use crate::work::{from_limb_sums, limbs};
 use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
@@ -30,6 +30,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    known_users: KnownUsers,
 }
 
 /// `SUM` of the four limbs of a table's work, as columns.
@@ -106,7 +107,16 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(connect.clone())
+            .connect_with(
+                connect
+                    .clone()
+                    // The writer walks the work tables' B-trees on every batch: keep them in
+                    // memory (64 MiB), keep multi-row statements' journals off disk, and
+                    // checkpoint less often (a page changed by many commits is copied once).
+                    .pragma("cache_size", "-65536")
+                    .pragma("temp_store", "MEMORY")
+                    .pragma("wal_autocheckpoint", "4000"),
+            )
             .await
             .map_err(db("opening the SQLite database"))?;
         let reader = if in_memory {
@@ -118,7 +128,11 @@ impl SqliteStore {
                 .await
                 .map_err(db("opening SQLite read connections"))?
         };
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            known_users: KnownUsers::default(),
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -181,7 +195,8 @@ impl SqliteStore {
                 return Ok(outcome);
             }
         }
-        write_rows(&mut tx, &p).await?;
+        let new_users = self.known_users.unknown(&p.users);
+        write_rows(&mut tx, &p, &new_users).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -198,6 +213,7 @@ impl SqliteStore {
             }
         }
         tx.commit().await.map_err(db("committing a batch"))?;
+        self.known_users.remember(&p.users);
         Ok(ApplyOutcome::Applied(summary))
     }
 
@@ -1069,13 +1085,12 @@ impl SqliteStore {
         &self,
         since_ms: u64,
     ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1",
-        )
-        .bind(crate::clamp_i64(since_ms))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db("listing active workers"))?;
+        let rows =
+            sqlx::query("SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1")
+                .bind(crate::clamp_i64(since_ms))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db("listing active workers"))?;
         rows.iter()
             .map(|r| {
                 let coin: String = get(r, 0, "coin")?;
@@ -1197,7 +1212,12 @@ async fn insert_values<T>(
     Ok(())
 }
 
-async fn write_rows(conn: &mut SqliteConnection, p: &Prepared<'_>) -> Result<(), StoreError> {
+/// Writes the batch's rows; `users` are the batch's users that may change a stored one.
+async fn write_rows(
+    conn: &mut SqliteConnection,
+    p: &Prepared<'_>,
+    users: &[UserRow<'_>],
+) -> Result<(), StoreError> {
     insert_values(
         conn,
         "INSERT INTO users (user_name, payout_address, first_seen_ms)",
@@ -1208,7 +1228,7 @@ async fn write_rows(conn: &mut SqliteConnection, p: &Prepared<'_>) -> Result<(),
          first_seen_ms = min(users.first_seen_ms, excluded.first_seen_ms) \
          WHERE (users.payout_address IS NULL AND excluded.payout_address IS NOT NULL) \
          OR excluded.first_seen_ms < users.first_seen_ms",
-        &p.users,
+        users,
         |q, u| q.bind(u.user).bind(u.payout_address).bind(u.first_seen_ms),
         "writing users",
     )
