@@ -46,7 +46,16 @@ pub const CONFIG_ACTOR: &str = "config";
 
 /// Runs the decision loop (and its market pollers) until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let (sources, errors) = build_sources(&shared.config, &shared.clock);
+    // Building a simulator runs its whole simulation: keep it off the async workers.
+    let (config, clock) = (shared.config.clone(), shared.clock.clone());
+    let (sources, errors) =
+        match tokio::task::spawn_blocking(move || build_sources(&config, &clock)).await {
+            Ok(built) => built,
+            Err(e) => (
+                Vec::new(),
+                vec![format!("building the market sources failed: {e}")],
+            ),
+        };
     for e in errors {
         tracing::error!(error = %e, "market source left out");
     }
