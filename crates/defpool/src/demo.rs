@@ -608,6 +608,44 @@ struct Ports {
     adapters: [u16; 2],
 }
 
+impl Ports {
+    /// The ports of the previous start when they are still free (the server's stored
+    /// assignment names the adapters' addresses, and the API URL stays the same), else new ones.
+    fn load_or_pick(dir: &Path) -> Result<Ports, String> {
+        let path = dir.join("ports.json");
+        let saved: Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let pick = |key: &str, default: Option<u16>| -> Result<u16, String> {
+            match saved[key].as_u64().map(|p| p as u16).or(default) {
+                Some(p) => port_or_free(p),
+                None => free_port(),
+            }
+        };
+        let ports = Ports {
+            api: pick("api", Some(8080))?,
+            control: pick("control", None)?,
+            proxy_admin: pick("proxy_admin", None)?,
+            sv1: pick("sv1", Some(3433))?,
+            sv2: pick("sv2", Some(34255))?,
+            adapters: [pick("adapter_a", None)?, pick("adapter_b", None)?],
+        };
+        let text = serde_json::to_string_pretty(&json!({
+            "api": ports.api,
+            "control": ports.control,
+            "proxy_admin": ports.proxy_admin,
+            "sv1": ports.sv1,
+            "sv2": ports.sv2,
+            "adapter_a": ports.adapters[0],
+            "adapter_b": ports.adapters[1],
+        }))
+        .expect("json");
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(ports)
+    }
+}
+
 struct Demo {
     dir: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -667,14 +705,7 @@ impl Demo {
                 stop.store(true, Ordering::Relaxed);
             });
         }
-        let ports = Ports {
-            api: port_or_free(8080)?,
-            control: free_port()?,
-            proxy_admin: free_port()?,
-            sv1: port_or_free(3433)?,
-            sv2: port_or_free(34255)?,
-            adapters: [free_port()?, free_port()?],
-        };
+        let ports = Ports::load_or_pick(&dir)?;
         let api: SocketAddr = ([127, 0, 0, 1], ports.api).into();
         let mut demo = Demo {
             dir: dir.clone(),
