@@ -293,6 +293,8 @@ fn summarize(entries: &[LedgerEntry]) -> (u64, i64, i64) {
 pub struct ReconcileReport {
     pub credited: u64,
     pub reversed: u64,
+    /// Blocks that could not be posted (logged with the cause, retried next time).
+    pub failed: u64,
 }
 
 /// Blocks checked before, by hash: the phase and update time they were settled at (a block
@@ -328,8 +330,18 @@ pub async fn reconcile(
         if settled.0.get(&block.block_hash) == Some(&key) {
             continue;
         }
-        reconcile_block(shared, &block, &mut report).await?;
-        settled.0.insert(block.block_hash.clone(), key);
+        // One block that cannot be posted (say, a coin without difficulty data) must not hold
+        // up the others; it is retried at the next reconcile.
+        match reconcile_block(shared, &block, &mut report).await {
+            Ok(()) => {
+                settled.0.insert(block.block_hash.clone(), key);
+            }
+            Err(e @ LedgerError::Store(_)) => return Err(e),
+            Err(e) => {
+                report.failed += 1;
+                tracing::error!(block = %block.block_hash, coin = %block.coin, error = %e, "block not posted; retrying at the next reconcile");
+            }
+        }
     }
     Ok(report)
 }
