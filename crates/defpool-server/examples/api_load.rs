@@ -125,7 +125,6 @@ async fn seed(control: SocketAddr, users: usize) -> u64 {
         .chain((ADDRESSES.len()..users).map(|i| format!("user{i:05}")))
         .collect();
     let mut records = 0u64;
-    let mut sequence = 0;
     for (i, name) in names.iter().enumerate() {
         let workers = if i < ADDRESSES.len() { 8 } else { 2 };
         let mut batch = vec![Record::User(UserRecord {
@@ -156,7 +155,7 @@ async fn seed(control: SocketAddr, users: usize) -> u64 {
             }
         }
         records += batch.len() as u64;
-        sequence += 1;
+        let sequence = i as u64 + 1;
         w.write_all(&send(Message::Batch(Batch {
             proxy_id: ProxyId("load".into()),
             sequence,
