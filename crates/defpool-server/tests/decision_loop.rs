@@ -394,6 +394,10 @@ async fn scenario(backend: Backend) {
 
     let ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     eprintln!("{backend:?}: decision-to-push latency per assignment (ms): {ms:.2?}");
+    eprintln!(
+        "{backend:?}: whitelist change to forced assignment at the proxy (evaluation included): {:.2} ms",
+        forced_after.as_secs_f64() * 1000.0
+    );
     for l in &latencies {
         assert!(*l < Duration::from_secs(1), "push latency {l:?}");
     }
