@@ -32,8 +32,18 @@ fn no_secret(what: &str, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn figures_equal_the_store() {
-    let server = TestServer::start("figures", "whitelist = [\"LTC\", \"BTC\"]").await;
+async fn figures_equal_the_store_on_sqlite() {
+    figures_equal_the_store(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_equal_the_store_on_postgres() {
+    figures_equal_the_store(Db::Postgres).await;
+}
+
+async fn figures_equal_the_store(db: Db) {
+    let name = format!("figures{db:?}").to_lowercase();
+    let server = TestServer::start_on(db, &name, "whitelist = [\"LTC\", \"BTC\"]").await;
     let mut proxy = ControlClient::connect(server.control).await;
     let hash = seed(&mut proxy).await;
     let store = server.store().await;

@@ -158,8 +158,18 @@ fn check_required(doc: &Value, schema: &Value, v: &Value, at: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_operation_answers_as_documented() {
-    let server = TestServer::start("openapi", "whitelist = [\"LTC\", \"BTC\"]").await;
+async fn every_documented_operation_answers_as_documented_on_sqlite() {
+    every_documented_operation_answers_as_documented(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_documented_on_postgres() {
+    every_documented_operation_answers_as_documented(Db::Postgres).await;
+}
+
+async fn every_documented_operation_answers_as_documented(db: Db) {
+    let name = format!("openapi{db:?}").to_lowercase();
+    let server = TestServer::start_on(db, &name, "whitelist = [\"LTC\", \"BTC\"]").await;
     let mut proxy = ControlClient::connect(server.control).await;
     let hash = seed(&mut proxy).await;
     let doc: Value = server.get("/api/openapi.json").await.json();

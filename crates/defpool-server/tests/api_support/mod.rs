@@ -29,17 +29,32 @@ pub struct TestServer {
     pub control: SocketAddr,
     pub dir: PathBuf,
     pub db: PathBuf,
+    pub database_url: String,
+    pg_schema: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
-    /// Starts the server; `extra` is appended to the `[server]` section.
+    /// Starts the server on SQLite; `extra` is appended to the `[server]` section.
     pub async fn start(name: &str, extra: &str) -> TestServer {
+        TestServer::start_on(Db::Sqlite, name, extra).await
+    }
+
+    /// Starts the server on `db` (PostgreSQL: a fresh schema of the test database at
+    /// `DEFPOOL_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`).
+    pub async fn start_on(db_kind: Db, name: &str, extra: &str) -> TestServer {
         let dir = std::env::temp_dir().join(format!("defpool-api-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("server.db");
+        let (database_url, pg_schema) = match db_kind {
+            Db::Sqlite => (format!("sqlite:{}", db.display()), None),
+            Db::Postgres => {
+                let (url, schema) = pg_schema(name).await;
+                (url, Some(schema))
+            }
+        };
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
@@ -64,6 +79,7 @@ token = "{PROXY_TOKEN}"
         let s = valid.config.server.as_mut().unwrap();
         s.api_listen = "127.0.0.1:0".parse().unwrap();
         s.control_listen = "127.0.0.1:0".parse().unwrap();
+        s.database_url = database_url.clone();
         let (started_tx, started_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -82,6 +98,8 @@ token = "{PROXY_TOKEN}"
             control: started.control,
             dir,
             db,
+            database_url,
+            pg_schema,
             stop: Some(stop_tx),
             task: Some(task),
         }
@@ -89,7 +107,7 @@ token = "{PROXY_TOKEN}"
 
     /// A second connection to the server's store, to compare the API's figures with.
     pub async fn store(&self) -> defpool_store::Store {
-        defpool_store::Store::connect(&format!("sqlite:{}", self.db.display()))
+        defpool_store::Store::connect(&self.database_url)
             .await
             .unwrap()
     }
@@ -102,6 +120,16 @@ token = "{PROXY_TOKEN}"
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(schema) = self.pg_schema.take() {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                let _ = sqlx::Executor::execute(
+                    &mut c,
+                    format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str(),
+                )
+                .await;
+            }
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -111,6 +139,42 @@ token = "{PROXY_TOKEN}"
     pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
         http(self.api, method, path, Some(ADMIN), body).await
     }
+}
+
+/// Which database the server runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("DEFPOOL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A fresh schema for one test; the URL selects it.
+async fn pg_schema(name: &str) -> (String, String) {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is unreachable ({e}): start it or set DEFPOOL_TEST_POSTGRES")
+        });
+    let schema = format!("defpool_api_{name}_{}", std::process::id());
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::Executor::execute(&mut c, sql.as_str()).await.unwrap();
+    }
+    let _ = c.close().await;
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    (
+        format!("{admin}{sep}options=-csearch_path%3D{schema}"),
+        schema,
+    )
 }
 
 /// A parsed HTTP response.
