@@ -59,6 +59,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// The name of migration `version` for `backend` (as `schema_migrations` records it).
+pub fn migration_name(backend: Backend, version: i64) -> Option<&'static str> {
+    let list = match backend {
+        Backend::Sqlite => migrate::SQLITE,
+        Backend::Postgres => migrate::POSTGRES,
+    };
+    list.iter().find(|m| m.version == version).map(|m| m.name)
+}
+
 /// How often a PostgreSQL transaction that lost a deadlock is retried.
 const RETRIES: u32 = 5;
 

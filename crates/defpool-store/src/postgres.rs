@@ -64,6 +64,15 @@ fn json(what: &'static str, text: &str) -> Result<serde_json::Value, StoreError>
 impl PgStore {
     pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url).map_err(db("parsing the PostgreSQL URL"))?;
+        // One direct connection first: the pool would retry a refused connection until its
+        // timeout and then report only the timeout, not why.
+        sqlx::Connection::close(
+            <PgConnection as sqlx::Connection>::connect_with(&connect)
+                .await
+                .map_err(db("connecting to PostgreSQL"))?,
+        )
+        .await
+        .map_err(db("connecting to PostgreSQL"))?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))

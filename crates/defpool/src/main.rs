@@ -14,6 +14,7 @@ use defpool_switch::sim::SimParams;
 
 mod admin_cli;
 mod demo;
+mod migrate_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +82,9 @@ enum Command {
     /// The whole pool on one machine: two Litecoin regtest chains as demo coins, server
     /// (SQLite), proxy, coin adapters and simulated miners, with a live status.
     Demo(demo::DemoArgs),
+    /// Apply the store's migrations to `[server] database_url` (or `--database-url`) and
+    /// print what was applied; a second run applies nothing.
+    Migrate(migrate_cmd::MigrateArgs),
     /// Administer a running server through its admin API: whitelist, X/Y/dwell, pins,
     /// upstream terms, pool payouts, audit log.
     Admin(Box<admin_cli::AdminArgs>),
@@ -313,6 +317,7 @@ fn main() -> ExitCode {
             command: LoadgenCommand::Pool(args),
         } => loadgen_pool(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Migrate(args) => migrate_cmd::run(&args),
         Command::Admin(args) => admin_cli::run(&args),
     }
 }
