@@ -98,6 +98,9 @@ pub fn parse_line(line: &[u8]) -> Result<Incoming, Sv1Error> {
     Err(Sv1Error::NotJsonRpc)
 }
 
+/// Line buffer capacity a [`LineReader`] keeps between lines.
+const LINE_KEPT: usize = 1024;
+
 /// Reads newline-terminated lines, refusing any longer than `limit`.
 ///
 /// Cancel-safe: a partly read line survives a cancelled `next_line` (as in `select!`).
@@ -127,6 +130,11 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         if self.returned {
             self.line.clear();
             self.returned = false;
+            // After an unusually long line, give the memory back: thousands of idle miners
+            // each holding their largest line add up.
+            if self.line.capacity() > LINE_KEPT {
+                self.line = Vec::new();
+            }
         }
         loop {
             let buf = self.inner.fill_buf().await?;
@@ -402,6 +410,67 @@ pub struct Notify {
     pub nbits: u32,
     pub ntime: u32,
     pub clean_jobs: bool,
+}
+
+/// A `mining.notify` serialized once for many miners: everything but the job id and the
+/// clean flag, which differ per miner, is kept as text (a switch sends the same job to
+/// thousands of miners; hex and JSON encoding per miner was most of its cost).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedNotify {
+    /// `","<prevhash>",...,"<ntime>",` — the parameters after the job id, before the flag.
+    middle: String,
+}
+
+const NOTIFY_HEAD: &str = "{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"";
+
+impl PreparedNotify {
+    /// From a notify; its `job_id` and `clean_jobs` are ignored (given per line).
+    pub fn new(n: &Notify) -> PreparedNotify {
+        use std::fmt::Write;
+        let mut middle = String::with_capacity(
+            160 + 2 * (n.coinbase1.len() + n.coinbase2.len()) + 67 * n.merkle_branch.len(),
+        );
+        middle.push_str("\",\"");
+        middle.push_str(&prevhash_to_sv1(&n.prev_hash));
+        middle.push_str("\",\"");
+        middle.push_str(&hex::encode(&n.coinbase1));
+        middle.push_str("\",\"");
+        middle.push_str(&hex::encode(&n.coinbase2));
+        middle.push_str("\",[");
+        for (i, h) in n.merkle_branch.iter().enumerate() {
+            if i > 0 {
+                middle.push(',');
+            }
+            middle.push('"');
+            middle.push_str(&hex::encode(h));
+            middle.push('"');
+        }
+        let _ = write!(
+            middle,
+            "],\"{:08x}\",\"{:08x}\",\"{:08x}\",",
+            n.version, n.nbits, n.ntime
+        );
+        PreparedNotify { middle }
+    }
+
+    /// Appends the notify line for `job_id` (hex digits or other JSON-safe text).
+    pub fn write_line(&self, out: &mut String, job_id: &str, clean_jobs: bool) {
+        debug_assert!(!job_id.contains(['"', '\\']));
+        out.reserve(NOTIFY_HEAD.len() + job_id.len() + self.middle.len() + 9);
+        out.push_str(NOTIFY_HEAD);
+        out.push_str(job_id);
+        out.push_str(&self.middle);
+        out.push_str(if clean_jobs { "true]}\n" } else { "false]}\n" });
+    }
+
+    /// Bytes of one line (without the job id), for memory accounting.
+    pub fn len(&self) -> usize {
+        NOTIFY_HEAD.len() + self.middle.len() + 9
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// Notifications a pool sends.
@@ -685,6 +754,26 @@ mod tests {
             .unwrap(),
             MinerRequest::Unknown("mining.get_transactions".into())
         );
+    }
+
+    #[test]
+    fn prepared_notify_is_the_same_line_as_the_message() {
+        for (branch, clean) in [(vec![], false), (vec![[7u8; 32], [9u8; 32]], true)] {
+            let n = Notify {
+                job_id: "2a0001".into(),
+                prev_hash: [5u8; 32],
+                coinbase1: vec![1, 2, 3],
+                coinbase2: vec![4, 5],
+                merkle_branch: branch,
+                version: 0x20000000,
+                nbits: 0x1d00ffff,
+                ntime: 0x6000_0000,
+                clean_jobs: clean,
+            };
+            let mut line = String::new();
+            PreparedNotify::new(&n).write_line(&mut line, "2a0001", clean);
+            assert_eq!(line, PoolMessage::Notify(n).to_line());
+        }
     }
 
     #[test]

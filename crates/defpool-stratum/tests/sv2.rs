@@ -296,6 +296,69 @@ async fn encoded_frames_fan_out_to_several_connections() {
     }
 }
 
+/// A channel frame encoded once goes to several channels, queued with other frames and written
+/// in one flush; each arrives with its own channel id, in order. A frame without a channel id
+/// is refused for `queue_for_channel`.
+#[tokio::test]
+async fn queued_channel_frames_carry_each_channel_id() {
+    let keys = keys();
+    let job = Message::NewExtendedMiningJob {
+        channel_id: 0,
+        job_id: 0x2a00,
+        min_ntime: None,
+        version: 0x2000_0000,
+        version_rolling_allowed: true,
+        merkle_path: vec![[7; 32]; 3],
+        coinbase_tx_prefix: vec![1; 50],
+        coinbase_tx_suffix: vec![2; 90],
+    };
+    let frame = EncodedFrame::new(&job).unwrap();
+    assert!(frame.is_channel_message());
+    let setup = EncodedFrame::new(&setup_connection()).unwrap();
+    assert!(!setup.is_channel_message());
+    let for_channel = |id: u32| match job.clone() {
+        Message::NewExtendedMiningJob {
+            job_id,
+            min_ntime,
+            version,
+            version_rolling_allowed,
+            merkle_path,
+            coinbase_tx_prefix,
+            coinbase_tx_suffix,
+            ..
+        } => Message::NewExtendedMiningJob {
+            channel_id: id,
+            job_id,
+            min_ntime,
+            version,
+            version_rolling_allowed,
+            merkle_path,
+            coinbase_tx_prefix,
+            coinbase_tx_suffix,
+        },
+        _ => unreachable!(),
+    };
+    let (client, server) = pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = accept(server, &keys, VALIDITY, FrameLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(conn.recv().await.unwrap(), setup_connection());
+        let (_, mut tx) = conn.into_split();
+        assert!(tx.queue_for_channel(&setup, 3).is_err());
+        tx.queue_for_channel(&frame, 3).unwrap();
+        tx.queue(&all_messages()[0]).unwrap();
+        tx.queue_for_channel(&frame, 0x0102_0304).unwrap();
+        tx.flush().await.unwrap();
+    });
+    let mut conn = connect(client, None, FrameLimits::default()).await.unwrap();
+    conn.send(&setup_connection()).await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), for_channel(3));
+    assert_eq!(conn.recv().await.unwrap(), all_messages()[0]);
+    assert_eq!(conn.recv().await.unwrap(), for_channel(0x0102_0304));
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn wrong_authority_is_refused_and_none_accepts_any() {
     let server_keys = AuthorityKeypair::generate();

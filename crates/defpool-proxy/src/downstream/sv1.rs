@@ -11,8 +11,8 @@ use std::time::Duration;
 use defpool_core::share::{JobBook, ShareClass, Submission, SubmittedVersion};
 use defpool_core::work::Target;
 use defpool_stratum::sv1::{
-    self, error_code, error_line, result_line, Incoming, LineReader, MinerRequest, Notify,
-    PoolMessage, Request, Submit,
+    self, error_code, error_line, result_line, Incoming, LineReader, MinerRequest, PoolMessage,
+    Request, Submit,
 };
 use defpool_stratum::vardiff::Vardiff;
 use serde_json::{json, Value};
@@ -29,6 +29,8 @@ use crate::template::JobTemplate;
 
 /// Jobs a miner may still submit to (a few blocks' worth plus vardiff re-sends).
 const JOBS_KEPT: usize = 12;
+/// Capacity of the output buffer kept between writes (a reply fits; a job does not).
+const OUT_KEPT: usize = 256;
 
 fn unix_now() -> u32 {
     (now_ms() / 1000) as u32
@@ -56,7 +58,8 @@ struct Session {
     /// job id; a template re-sent under a new id (vardiff) must not credit the same header
     /// twice. Pruned with the jobs.
     accepted: HashMap<[u8; 80], u64>,
-    next_job: u64,
+    /// How many times the current template was re-sent (vardiff) to this miner.
+    resends: u32,
     current: Option<Arc<JobTemplate>>,
     seen_epoch: u64,
     closing: Option<&'static str>,
@@ -101,14 +104,18 @@ pub async fn serve(
         sent_mask: None,
         jobs: VecDeque::new(),
         accepted: HashMap::new(),
-        next_job: 1,
+        resends: 0,
         current: None,
         seen_epoch: 0,
         closing: None,
     };
     s.group.miners.fetch_add(1, Ordering::Relaxed);
     let idle = s.port.idle_timeout;
-    let mut deadline = tokio::time::Instant::now() + idle;
+    // One idle timer per session, re-armed only when it fires early (not on every message):
+    // re-arming it per loop iteration was a timer-wheel insert and removal per share and job.
+    let mut last_activity = tokio::time::Instant::now();
+    let idle_timer = tokio::time::sleep_until(last_activity + idle);
+    tokio::pin!(idle_timer);
     let mut retarget = tokio::time::interval(Duration::from_secs(10));
     let reason: String = loop {
         if let Some(why) = s.closing {
@@ -118,7 +125,7 @@ pub async fn serve(
             line = lines.next_line() => {
                 match line {
                     Ok(Some(line)) => {
-                        deadline = tokio::time::Instant::now() + idle;
+                        last_activity = tokio::time::Instant::now();
                         match sv1::parse_line(line) {
                             Ok(Incoming::Request(req)) => {
                                 if let Err(e) = s.on_request(req).await {
@@ -160,7 +167,13 @@ pub async fn serve(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => break format!("idle for {} s", idle.as_secs()),
+            _ = &mut idle_timer => {
+                let deadline = last_activity + idle;
+                if tokio::time::Instant::now() >= deadline {
+                    break format!("idle for {} s", idle.as_secs());
+                }
+                idle_timer.as_mut().reset(deadline);
+            }
         }
     };
     if reason.starts_with("protocol violation") {
@@ -184,6 +197,10 @@ impl Session {
         if !self.out.is_empty() {
             let r = self.write.write_all(self.out.as_bytes()).await;
             self.out.clear();
+            // An idle miner keeps no job-sized buffer.
+            if self.out.capacity() > OUT_KEPT {
+                self.out = String::new();
+            }
             r?;
         }
         Ok(())
@@ -413,31 +430,31 @@ impl Session {
         let clean = force_clean
             || t.clean && self.current.as_ref().is_none_or(|c| c.seq != t.seq)
             || self.current.as_ref().is_none_or(|c| !t.continues(c));
-        let id = self.next_job;
-        self.next_job += 1;
+        // The same id for every miner of the template (one serialized notify serves all); a
+        // re-send of the same template (new difficulty) gets the next resend number.
+        self.resends = match &self.current {
+            Some(c) if c.seq == t.seq => self.resends + 1,
+            _ => 0,
+        };
+        let id = t.job_id(self.resends);
         let mask = self.sent_mask.unwrap_or(0);
-        let job = t.job_for(id, prefix_len, mask, share_target(d, t.algorithm));
-        self.book.add(Arc::new(job), clean, unix_now());
+        let job = t.shared_job(
+            id,
+            prefix_len,
+            t.fold.rolled_bytes,
+            t.fold.pad,
+            mask,
+            share_target(d, t.algorithm),
+        );
+        self.book.add(job, clean, unix_now());
         if self.jobs.len() >= JOBS_KEPT {
             self.jobs.pop_front();
             let oldest = self.jobs.front().map_or(t.seq, |(_, j)| j.seq);
             self.accepted.retain(|_, seq| *seq >= oldest);
         }
         self.jobs.push_back((id, t.clone()));
-        self.out.push_str(
-            &PoolMessage::Notify(Notify {
-                job_id: format!("{id:x}"),
-                prev_hash: t.job.prev_hash,
-                coinbase1: t.coinbase_prefix.clone(),
-                coinbase2: t.job.coinbase2.clone(),
-                merkle_branch: t.job.merkle_branch.clone(),
-                version: t.job.version,
-                nbits: t.job.nbits,
-                ntime: t.job.ntime,
-                clean_jobs: clean,
-            })
-            .to_line(),
-        );
+        t.sv1_notify()
+            .write_line(&mut self.out, &format!("{id:x}"), clean);
         let r = self.flush().await;
         if t.epoch != self.seen_epoch {
             self.seen_epoch = t.epoch;

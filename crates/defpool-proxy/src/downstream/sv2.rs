@@ -13,8 +13,8 @@ use std::time::Duration;
 use defpool_core::share::{JobBook, Reject, ShareClass, Submission, SubmittedVersion};
 use defpool_core::work::{Target, HASHES_PER_DIFFICULTY};
 use defpool_stratum::sv2::{
-    self, error_code, setup_flags, AuthorityKeypair, FrameLimits, Message, Protocol, Sv2Error,
-    Sv2Writer,
+    self, error_code, setup_flags, AuthorityKeypair, EncodedFrame, FrameLimits, Message, Protocol,
+    Sv2Error, Sv2Writer,
 };
 use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
@@ -65,6 +65,8 @@ struct Channel {
     /// twice. Pruned with the jobs.
     accepted: HashMap<[u8; 80], u64>,
     current: Option<Arc<JobTemplate>>,
+    /// How many times the current template was re-sent (vardiff) on this channel.
+    resends: u32,
     seen_epoch: u64,
 }
 
@@ -92,7 +94,6 @@ struct Session {
     writer: Sv2Writer,
     channels: HashMap<u32, Channel>,
     next_channel: u32,
-    next_job: u32,
     version_rolling: bool,
     closing: Option<String>,
 }
@@ -160,7 +161,6 @@ pub async fn serve(
         writer,
         channels: HashMap::new(),
         next_channel: GROUP_CHANNEL_ID + 1,
-        next_job: 1,
         version_rolling: false,
         closing: None,
     };
@@ -250,7 +250,10 @@ impl Session {
         let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = self.group.templates.clone();
         templates.mark_unchanged();
         let idle = self.port.idle_timeout;
-        let mut deadline = tokio::time::Instant::now() + idle;
+        // One idle timer, re-armed only when it fires early (see the SV1 session).
+        let mut last_activity = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep_until(last_activity + idle);
+        tokio::pin!(idle_timer);
         let mut retarget = tokio::time::interval(Duration::from_secs(10));
         loop {
             if let Some(why) = self.closing.take() {
@@ -259,7 +262,7 @@ impl Session {
             let r = tokio::select! {
                 m = msgs.recv() => match m {
                     Some(Ok(m)) => {
-                        deadline = tokio::time::Instant::now() + idle;
+                        last_activity = tokio::time::Instant::now();
                         self.on_message(m).await
                     }
                     Some(Err(Sv2Error::Closed)) | None => return "miner closed the connection".into(),
@@ -279,7 +282,14 @@ impl Session {
                     }
                 }
                 _ = retarget.tick(), if !self.channels.is_empty() => self.retarget_all().await,
-                _ = tokio::time::sleep_until(deadline) => return format!("idle for {} s", idle.as_secs()),
+                _ = &mut idle_timer => {
+                    let deadline = last_activity + idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return format!("idle for {} s", idle.as_secs());
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 return e;
@@ -509,6 +519,7 @@ impl Session {
             jobs: VecDeque::new(),
             accepted: HashMap::new(),
             current: None,
+            resends: 0,
             seen_epoch: 0,
         };
         let target = ch.target(self.group.algorithm);
@@ -571,9 +582,9 @@ impl Session {
     async fn broadcast(&mut self, t: Arc<JobTemplate>) -> Result<(), String> {
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
-            self.send_job(id, t.clone(), false).await?;
+            self.queue_job(id, t.clone(), false)?;
         }
-        Ok(())
+        self.flush().await
     }
 
     async fn retarget_all(&mut self) -> Result<(), String> {
@@ -620,9 +631,26 @@ impl Session {
         t: Arc<JobTemplate>,
         force_clean: bool,
     ) -> Result<(), String> {
+        self.queue_job(channel_id, t, force_clean)?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    /// Queues a channel's next job (with its SetTarget and SetNewPrevHash); written by the next
+    /// flush, so a job's frames go out in one write.
+    fn queue_job(
+        &mut self,
+        channel_id: u32,
+        t: Arc<JobTemplate>,
+        force_clean: bool,
+    ) -> Result<(), String> {
         let algorithm = self.group.algorithm;
-        let job_id = self.next_job;
-        self.next_job = self.next_job.wrapping_add(1).max(1);
         let version_rolling = self.version_rolling;
         let Some(ch) = self.channels.get_mut(&channel_id) else {
             return Ok(());
@@ -645,70 +673,45 @@ impl Session {
             self.group.switch.lock().expect("switch lock").reconnects += 1;
             tracing::info!(peer = %self.peer, channel_id, "extended channel cannot follow the new upstream's extranonce space: Reconnect sent");
             self.closing = Some("asked to reconnect".into());
-            return self
-                .send(&Message::Reconnect {
-                    new_host: String::new(),
-                    new_port: 0,
-                })
-                .await;
+            return self.queue(&Message::Reconnect {
+                new_host: String::new(),
+                new_port: 0,
+            });
         };
         let clean = force_clean
             || ch.current.as_ref().is_none_or(|c| !t.continues(c))
             || (t.clean && ch.current.as_ref().is_none_or(|c| c.seq != t.seq));
+        // The same job id on every channel of the template, so one encoded frame serves all; a
+        // re-send (new target) gets the next resend number.
+        ch.resends = match &ch.current {
+            Some(c) if c.seq == t.seq => ch.resends + 1,
+            _ => 0,
+        };
+        let job_id = t.sv2_job_id(ch.resends);
         ch.cap = t.share_cap();
         let target = ch.target(algorithm);
-        let mut out = Vec::with_capacity(3);
-        if ch.sent_target != Some(target) {
+        let set_target = (ch.sent_target != Some(target)).then(|| {
             ch.sent_target = Some(target);
-            out.push(Message::SetTarget {
+            Message::SetTarget {
                 channel_id,
                 maximum_target: target.to_le_bytes(),
-            });
-        }
+            }
+        });
         let rolling_allowed = version_rolling && t.version_mask == BIP320_MASK;
         let mask = if rolling_allowed { BIP320_MASK } else { 0 };
-        let mut job = t.job_for(job_id as u64, ch.prefix.len(), mask, target);
-        let coinbase_prefix = if pad == t.fold.pad {
-            t.coinbase_prefix.clone()
-        } else {
-            let p = t.coinbase_prefix_with_pad(pad);
-            job.coinbase_prefix = p.clone();
-            job.extranonce_size = ch.prefix.len() + ch.rolled;
-            p
-        };
+        let job = t.shared_job(job_id as u64, ch.prefix.len(), ch.rolled, pad, mask, target);
         let min_ntime = (!clean).then_some(t.job.ntime);
-        match ch.kind {
-            Kind::Standard => {
-                let root = job.merkle_root(&ch.full_extranonce());
-                out.push(Message::NewMiningJob {
-                    channel_id,
-                    job_id,
-                    min_ntime,
-                    version: t.job.version,
-                    merkle_root: root,
-                });
-            }
-            Kind::Extended => out.push(Message::NewExtendedMiningJob {
+        let standard_job = match ch.kind {
+            Kind::Standard => Some(Message::NewMiningJob {
                 channel_id,
                 job_id,
                 min_ntime,
                 version: t.job.version,
-                version_rolling_allowed: rolling_allowed,
-                merkle_path: t.job.merkle_branch.clone(),
-                coinbase_tx_prefix: coinbase_prefix,
-                coinbase_tx_suffix: t.job.coinbase2.clone(),
+                merkle_root: job.merkle_root(&ch.full_extranonce()),
             }),
-        }
-        if clean {
-            out.push(Message::SetNewPrevHash {
-                channel_id,
-                job_id,
-                prev_hash: t.job.prev_hash,
-                min_ntime: t.job.ntime,
-                nbits: t.job.nbits,
-            });
-        }
-        ch.book.add(Arc::new(job), clean, unix_now());
+            Kind::Extended => None,
+        };
+        ch.book.add(job, clean, unix_now());
         if ch.jobs.len() >= JOBS_KEPT {
             ch.jobs.pop_front();
             let oldest = ch.jobs.front().map_or(t.seq, |(_, j, _)| j.seq);
@@ -722,11 +725,38 @@ impl Session {
                 timer.first_job_us.push(at.elapsed().as_micros() as u64);
             }
         }
-        ch.current = Some(t);
-        for m in &out {
-            self.send(m).await?;
+        ch.current = Some(t.clone());
+        if let Some(m) = set_target {
+            self.queue(&m)?;
+        }
+        match standard_job {
+            Some(m) => self.queue(&m)?,
+            None => {
+                let frame = t
+                    .sv2_extended_job(job_id, pad, rolling_allowed, min_ntime)
+                    .map_err(|e| format!("encoding a job: {e}"))?;
+                self.queue_for_channel(&frame, channel_id)?;
+            }
+        }
+        if clean {
+            let frame = t
+                .sv2_prev_hash(job_id)
+                .map_err(|e| format!("encoding a job: {e}"))?;
+            self.queue_for_channel(&frame, channel_id)?;
         }
         Ok(())
+    }
+
+    fn queue(&mut self, m: &Message) -> Result<(), String> {
+        self.writer
+            .queue(m)
+            .map_err(|e| format!("encoding {}: {e}", m.name()))
+    }
+
+    fn queue_for_channel(&mut self, frame: &EncodedFrame, channel_id: u32) -> Result<(), String> {
+        self.writer
+            .queue_for_channel(frame, channel_id)
+            .map_err(|e| format!("encoding a job: {e}"))
     }
 
     /// Answers one submit with a spec error code.

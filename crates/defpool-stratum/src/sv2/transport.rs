@@ -43,8 +43,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of an encrypted frame header: 6 header bytes and a 16-byte MAC.
 const ENCRYPTED_HEADER_SIZE: usize = FRAME_HEADER_SIZE + AEAD_MAC_LEN;
 
-/// How much the reader asks the socket for at once.
-const READ_CHUNK: usize = 8 * 1024;
+/// How much the reader asks the socket for at least. Small: an idle connection keeps this
+/// much (thousands of idle miners); larger frames grow the buffer as they need.
+const READ_CHUNK: usize = 512;
+
+/// Buffer capacity kept between frames by the reader and the writer; beyond it, an emptied
+/// buffer is released (a job or a burst of shares does not stay allocated on an idle miner).
+const BUF_KEPT: usize = 1024;
 
 /// SRI's certificate check tolerates this much clock skew (seconds).
 const CERT_TIME_LEEWAY: u32 = 10;
@@ -186,7 +191,7 @@ impl Sv2Reader {
             payload.extend_from_slice(&chunk);
         }
         self.buf.drain(..encrypted_len);
-        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+        if self.buf.is_empty() && self.buf.capacity() > BUF_KEPT {
             self.buf = Vec::new();
         }
         self.header = None;
@@ -230,6 +235,13 @@ impl EncodedFrame {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// Whether the payload starts with a channel id (the header's channel-message bit): such a
+    /// frame can be sent to any channel by [`Sv2Writer::queue_for_channel`].
+    pub fn is_channel_message(&self) -> bool {
+        self.bytes.len() >= FRAME_HEADER_SIZE + 4
+            && u16::from_le_bytes([self.bytes[0], self.bytes[1]]) & super::CHANNEL_MSG_BIT != 0
+    }
 }
 
 /// The sending half of an [`Sv2Connection`].
@@ -267,14 +279,43 @@ impl Sv2Writer {
     pub async fn send(&mut self, message: &Message) -> Result<(), Sv2Error> {
         self.write_pending().await?;
         let frame = encode_frame(message)?;
-        self.encrypt(message.name(), &frame)?;
+        self.encrypt(message.name(), &frame, None)?;
+        self.write_pending().await
+    }
+
+    /// Encodes and encrypts a message without writing it: queued frames go out together, in
+    /// order, with the next [`Sv2Writer::flush`] or send (one write for a job's several frames).
+    pub fn queue(&mut self, message: &Message) -> Result<(), Sv2Error> {
+        let frame = encode_frame(message)?;
+        self.encrypt(message.name(), &frame, None)
+    }
+
+    /// Queues a frame encoded once for many channels, with its channel id replaced by
+    /// `channel_id` (the first payload field of every channel message). Refused for other
+    /// frames.
+    pub fn queue_for_channel(
+        &mut self,
+        frame: &EncodedFrame,
+        channel_id: u32,
+    ) -> Result<(), Sv2Error> {
+        if !frame.is_channel_message() {
+            return Err(Sv2Error::Encode {
+                name: frame.name,
+                detail: "not a channel message: no channel id to set".into(),
+            });
+        }
+        self.encrypt(frame.name, &frame.bytes, Some(channel_id))
+    }
+
+    /// Writes every queued frame.
+    pub async fn flush(&mut self) -> Result<(), Sv2Error> {
         self.write_pending().await
     }
 
     /// Encrypts and writes a frame encoded once with [`EncodedFrame::new`].
     pub async fn send_encoded(&mut self, frame: &EncodedFrame) -> Result<(), Sv2Error> {
         self.write_pending().await?;
-        self.encrypt(frame.name, &frame.bytes)?;
+        self.encrypt(frame.name, &frame.bytes, None)?;
         self.write_pending().await
     }
 
@@ -285,19 +326,30 @@ impl Sv2Writer {
         Ok(())
     }
 
-    fn encrypt(&mut self, name: &'static str, frame: &[u8]) -> Result<(), Sv2Error> {
+    /// Appends the ciphertext of `frame` to the output; with `channel_id`, the payload's first
+    /// four bytes are replaced by it.
+    fn encrypt(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        channel_id: Option<u32>,
+    ) -> Result<(), Sv2Error> {
         let failed = |_| Sv2Error::Encode {
             name,
             detail: "encryption failed".into(),
         };
         let (header, payload) = frame.split_at(FRAME_HEADER_SIZE.min(frame.len()));
-        self.out.clear();
-        self.written = 0;
-        let mut chunk = header.to_vec();
+        let mut chunk =
+            Vec::with_capacity(payload.len().min(SV2_FRAME_PLAINTEXT_CHUNK_SIZE) + AEAD_MAC_LEN);
+        chunk.extend_from_slice(header);
         self.cipher.encrypt(&mut chunk).map_err(failed)?;
         self.out.extend_from_slice(&chunk);
-        for plain in payload.chunks(SV2_FRAME_PLAINTEXT_CHUNK_SIZE) {
-            let mut chunk = plain.to_vec();
+        for (i, plain) in payload.chunks(SV2_FRAME_PLAINTEXT_CHUNK_SIZE).enumerate() {
+            chunk.clear();
+            chunk.extend_from_slice(plain);
+            if let (0, Some(id)) = (i, channel_id) {
+                chunk[..4].copy_from_slice(&id.to_le_bytes());
+            }
             self.cipher.encrypt(&mut chunk).map_err(failed)?;
             self.out.extend_from_slice(&chunk);
         }
@@ -315,7 +367,7 @@ impl Sv2Writer {
         }
         self.out.clear();
         self.written = 0;
-        if self.out.capacity() > 4 * READ_CHUNK {
+        if self.out.capacity() > BUF_KEPT {
             self.out = Vec::new();
         }
         Ok(())
