@@ -621,6 +621,12 @@ async fn bad_input_gets_the_documented_errors() {
         "bad-assignment",
     );
     expect(
+        "plain GET on the WebSocket",
+        server.get("/api/ws").await,
+        400,
+        "not-websocket",
+    );
+    expect(
         "method",
         http(server.api, "PATCH", "/api/admin/pins", Some(ADMIN), None).await,
         405,

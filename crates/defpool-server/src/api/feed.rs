@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -111,11 +112,22 @@ pub async fn sse(State(api): St, q: Result<Query<FeedQuery>, QueryRejection>) ->
 pub async fn ws(
     State(api): St,
     q: Result<Query<FeedQuery>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let filter = match filter(q) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return ApiError::new(
+                e.status(),
+                "not-websocket",
+                format!("not a WebSocket handshake: {}", e.body_text()),
+            )
+            .into_response()
+        }
     };
     // Subscribe before the upgrade so nothing published after the handshake is missed.
     let rx = api.shared.feed.subscribe();
