@@ -1331,7 +1331,7 @@ impl Demo {
             },
             "blocks": {
                 "chains": chains,
-                "api": blocks_api,
+                "store_phases_by_coin": block_phases(&blocks_api),
             },
             "balances": {
                 "users": balances,
@@ -1564,25 +1564,20 @@ fn user_shares(u: &Value) -> (u64, u64) {
     (shares, online)
 }
 
-fn render_blocks(b: &Value) -> String {
-    let rows = b
-        .get("blocks")
-        .and_then(|x| x.as_array())
-        .or_else(|| b.as_array())
-        .cloned()
-        .unwrap_or_default();
+/// Blocks per coin and phase (candidate, found, rejected, immature, matured, orphaned), from
+/// `/api/blocks`.
+fn block_phases(b: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut per: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for r in &rows {
+    for r in b["blocks"].as_array().into_iter().flatten() {
         let coin = r["coin"].as_str().unwrap_or("?").to_string();
-        let phase = r
-            .get("phase")
-            .or_else(|| r.get("state"))
-            .or_else(|| r.get("status"))
-            .and_then(|p| p.as_str())
-            .unwrap_or("found")
-            .to_string();
+        let phase = r["phase"].as_str().unwrap_or("?").to_string();
         *per.entry(coin).or_default().entry(phase).or_default() += 1;
     }
+    per
+}
+
+fn render_blocks(b: &Value) -> String {
+    let per = block_phases(b);
     if per.is_empty() {
         return "  blocks found by the pool: none yet\n".into();
     }
@@ -1774,4 +1769,111 @@ outbox_path = "{d}/adapter-{key}.db"
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(label: &str, port: u16) -> Node {
+        Node {
+            label: label.into(),
+            rpc_port: port,
+            p2p_port: port + 1,
+            rpc: DaemonRpc::new(
+                format!("http://127.0.0.1:{port}"),
+                RpcAuth::UserPass {
+                    user: RPC_USER.into(),
+                    password: Secret::new(RPC_PASSWORD),
+                },
+                Duration::from_secs(1),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_generated_config_is_valid_and_labels_the_demo_coins() {
+        let dir = std::env::temp_dir().join(format!("defpool-demo-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports = Ports {
+            api: 18080,
+            control: 13340,
+            proxy_admin: 13341,
+            sv1: 13433,
+            sv2: 13434,
+            adapters: [13500, 13501],
+        };
+        let chains: Vec<Chain> = COINS
+            .iter()
+            .enumerate()
+            .map(|(i, (ticker, name, key))| Chain {
+                ticker,
+                name,
+                key,
+                node1: node("n1", 20000 + 10 * i as u16),
+                node2: node("n2", 20005 + 10 * i as u16),
+                reward_address: "rltc1q3mz0ydhwr6nmsqme4wrzn6hgtcvqqlewuz97c6".into(),
+                payout_address: "rltc1q3mz0ydhwr6nmsqme4wrzn6hgtcvqqlewuz97c6".into(),
+                height_at_start: 120,
+                next_block: Instant::now(),
+                blocks_by_rest: 0,
+            })
+            .collect();
+        let path = dir.join("demo.toml");
+        std::fs::write(&path, demo_config(&dir, &ports, &chains)).unwrap();
+        let valid = defpool_config::load(&path).expect("the demo's config validates");
+        let _ = std::fs::remove_dir_all(&dir);
+        for (ticker, name, _) in COINS {
+            let coin = valid
+                .registry
+                .by_ticker(ticker)
+                .expect("demo coin registered");
+            assert_eq!(coin.name, name);
+            assert!(coin.name.contains("Demo") && coin.name.contains("regtest"));
+        }
+        let server = valid.config.server.as_ref().unwrap();
+        assert_eq!(server.whitelist.len(), 2);
+        assert_eq!(server.market.len(), 1);
+        assert_eq!(server.market[0].seed, Some(MARKET_SEED));
+        assert_eq!(valid.config.adapters.len(), 2);
+        assert_eq!(valid.config.upstreams.len(), 2);
+        // Every share is a block: the share target is not easier than the block target.
+        let share = defpool_core::work::Target::from_stratum_difficulty(
+            SHARE_DIFFICULTY,
+            defpool_core::Algorithm::Scrypt,
+        )
+        .unwrap();
+        let block = defpool_core::work::Target::from_difficulty(BLOCK_TARGET_DIFFICULTY).unwrap();
+        assert!(
+            block.is_met_by(&share.to_le_bytes()),
+            "share target meets the block target"
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        let raw = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+        let mut out = String::new();
+        ChunkedReader::new(&raw[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "hello, world");
+    }
+
+    #[test]
+    fn balances_and_work_are_read_from_the_user_document() {
+        let u = json!({
+            "balances": {"DEMOA": 123, "DEMOB": 0},
+            "earnings": {"per_coin": [
+                {"coin": "DEMOA", "work": "340282366920938463463374607431768211455"},
+                {"coin": "DEMOB", "work": "7"}
+            ]},
+            "workers": [{"accepted_shares": 3, "online": true}, {"accepted_shares": 4, "online": false}]
+        });
+        assert_eq!(user_balances(&u)["DEMOA"], 123);
+        assert_eq!(user_work(&u)["DEMOA"], u128::MAX);
+        assert_eq!(user_work(&u)["DEMOB"], 7);
+        assert_eq!(user_shares(&u), (7, 1));
+        assert!(render_balances(&u).contains("0.00000123 DEMOA"));
+    }
 }
