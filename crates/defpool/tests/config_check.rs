@@ -353,7 +353,10 @@ fn help_lists_only_working_subcommands() {
         .collect();
     assert_eq!(
         commands,
-        ["config", "coins", "backtest", "proxy", "server", "run", "adapter", "loadgen", "help"]
+        [
+            "config", "coins", "backtest", "proxy", "server", "run", "adapter", "demo", "migrate",
+            "admin", "loadgen", "help"
+        ]
     );
 }
 
