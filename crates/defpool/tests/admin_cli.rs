@@ -11,6 +11,7 @@ use common::*;
 use serde_json::Value;
 
 const ADMIN: &str = "admin-cli-test-token-0123456789";
+const UPSTREAM_PASSWORD: &str = "admin-cli-upstream-password-42";
 
 fn admin(args: &[&str], env_token: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_defpool"));
@@ -268,11 +269,33 @@ admin_token = "{ADMIN}"
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 
+    // An operator assignment carries an upstream password: stored for the proxies, never shown.
+    let assignment = serde_json::json!({"epoch": 1, "group": "cli", "algorithm": "scrypt",
+        "targets": [{"coin": "LTC", "weight": 1}],
+        "upstreams": [{"name": "ltc-pool", "coin": "LTC", "kind": "sv1",
+            "address": "stratum+tcp://127.0.0.1:1", "username": "u", "password": UPSTREAM_PASSWORD}],
+        "issued_at_ms": 0, "reason": "cli test"});
+    let r = http(
+        api,
+        "POST",
+        "/api/admin/assignments",
+        ADMIN,
+        &assignment.to_string(),
+    );
+    assert!(r.contains("\"applied\""), "{r}");
+    let listed = http(api, "GET", "/api/assignments", "", "");
+    assert!(
+        listed.contains("<redacted>") && !listed.contains(UPSTREAM_PASSWORD),
+        "{listed}"
+    );
+    let audit = ok(&cfg, &["audit"]);
+    assert!(!audit.to_string().contains(UPSTREAM_PASSWORD));
+
     server.terminate();
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !log_text.contains(ADMIN),
-        "the admin token is in the server log"
-    );
+    assert!(log_text.contains("assignment saved"), "{log_text}");
+    for secret in [ADMIN, UPSTREAM_PASSWORD] {
+        assert!(!log_text.contains(secret), "a secret is in the server log");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
