@@ -450,6 +450,12 @@ async fn bad_input_gets_the_documented_errors() {
         "unknown-user",
     );
     expect(
+        "long account name",
+        server.get("/api/users/an_account_name_of_22c").await,
+        404,
+        "unknown-user",
+    );
+    expect(
         "unknown account",
         server.get("/api/users/nobody").await,
         404,

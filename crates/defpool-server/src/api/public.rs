@@ -180,11 +180,12 @@ fn user_key(api: &Api, text: &str) -> Result<String, ApiError> {
         .map_err(|e| invalid(format!("`{text}` is not a BTC address on {network:?}: {e}")))
 }
 
-/// Short strings that start like an address are judged as one (a truncated address is an
-/// invalid address, not an unknown account).
+/// Anything of 25 characters or more is an address (the proxy's rule: account names have at
+/// most 24), and so is a shorter string with a segwit prefix (a truncated address is an invalid
+/// address, not an unknown account).
 fn looks_like_address(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["bc1", "tb1", "bcrt1"].iter().any(|p| lower.starts_with(p)) || text.len() >= 20
+    ["bc1", "tb1", "bcrt1"].iter().any(|p| lower.starts_with(p)) || text.len() >= 25
 }
 
 #[derive(Deserialize)]
