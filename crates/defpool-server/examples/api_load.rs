@@ -135,7 +135,11 @@ async fn seed(control: SocketAddr, users: usize) -> u64 {
         for wk in 0..workers {
             for period in 0..144u64 {
                 let to = now - period * 600_000;
-                let coin = if period.is_multiple_of(2) { "LTC" } else { "BTC" };
+                let coin = if period.is_multiple_of(2) {
+                    "LTC"
+                } else {
+                    "BTC"
+                };
                 let mut rejected = BTreeMap::new();
                 rejected.insert("stale-share".to_string(), period % 3);
                 batch.push(Record::Work(WorkRecord {
