@@ -148,8 +148,9 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         .lock()
         .expect("workers lock")
         .iter()
+        .flat_map(|(u, workers)| workers.iter().map(move |(w, s)| (u, w, s)))
         .take(1000)
-        .map(|((u, w), s)| json!({"user": u, "worker": w, "stats": s}))
+        .map(|(u, w, s)| json!({"user": u, "worker": w, "stats": s}))
         .collect();
     let outbox = match ctx.outbox.totals().await {
         Ok(t) => json!({

@@ -59,8 +59,8 @@ pub struct Counters {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct WorkerStats {
     pub accepted_shares: u64,
-    pub accepted_work: String,
-    #[serde(skip)]
+    /// Accepted work, as a decimal string on the wire (u128 does not fit JSON numbers).
+    #[serde(rename = "accepted_work", serialize_with = "decimal_string")]
     pub work: u128,
     pub late_shares: u64,
     pub rejected: BTreeMap<String, u64>,
@@ -72,6 +72,10 @@ pub struct WorkerStats {
     pub stale_percent: f64,
     #[serde(skip)]
     rate_at_ms: u64,
+}
+
+fn decimal_string<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// Time constant of the hashrate average, seconds.
@@ -114,7 +118,8 @@ pub struct Context {
     /// right for a coin adapter serving proxies, wrong for miners.
     pub close_without_work: bool,
     users: Mutex<HashSet<String>>,
-    pub workers: Mutex<HashMap<(String, String), WorkerStats>>,
+    /// user → worker → figures (two levels, so a share's update looks up by `&str`).
+    pub workers: Mutex<HashMap<String, HashMap<String, WorkerStats>>>,
 }
 
 impl Context {
@@ -159,6 +164,19 @@ impl Context {
         Ok(())
     }
 
+    /// Runs `f` on a worker's figures, created on first use.
+    fn with_worker<R>(&self, id: &MinerIdentity, f: impl FnOnce(&mut WorkerStats) -> R) -> R {
+        let mut w = self.workers.lock().expect("workers lock");
+        let per_user = match w.get_mut(id.user.as_str()) {
+            Some(m) => m,
+            None => w.entry(id.user.clone()).or_default(),
+        };
+        match per_user.get_mut(id.worker.as_str()) {
+            Some(s) => f(s),
+            None => f(per_user.entry(id.worker.clone()).or_default()),
+        }
+    }
+
     /// Durably records an accepted share; returns once it is in the outbox.
     pub async fn record_accepted(
         &self,
@@ -195,15 +213,14 @@ impl Context {
         self.counters
             .shares_accepted
             .fetch_add(1, Ordering::Relaxed);
-        let mut w = self.workers.lock().expect("workers lock");
-        let s = w.entry((id.user.clone(), id.worker.clone())).or_default();
-        s.accepted_shares += (!late) as u64;
-        s.work += work;
-        s.accepted_work = s.work.to_string();
-        s.late_shares += late as u64;
-        s.last_share_ms = now;
-        s.add_work(work, now);
-        s.percentages();
+        self.with_worker(id, |s| {
+            s.accepted_shares += (!late) as u64;
+            s.work += work;
+            s.late_shares += late as u64;
+            s.last_share_ms = now;
+            s.add_work(work, now);
+            s.percentages();
+        });
         Ok(())
     }
 
@@ -253,12 +270,10 @@ impl Context {
         if !self.record_work {
             return;
         }
-        {
-            let mut w = self.workers.lock().expect("workers lock");
-            let s = w.entry((id.user.clone(), id.worker.clone())).or_default();
+        self.with_worker(id, |s| {
             *s.rejected.entry(code.to_string()).or_default() += 1;
             s.percentages();
-        }
+        });
         let now = now_ms();
         let record = Record::Work(WorkRecord {
             user: id.user.clone(),
@@ -284,11 +299,6 @@ impl Context {
     }
 
     pub fn set_worker_difficulty(&self, id: &MinerIdentity, d: f64) {
-        self.workers
-            .lock()
-            .expect("workers lock")
-            .entry((id.user.clone(), id.worker.clone()))
-            .or_default()
-            .difficulty = d;
+        self.with_worker(id, |s| s.difficulty = d);
     }
 }

@@ -46,7 +46,8 @@ struct Session {
     prefix: Option<Vec<u8>>,
     rolled: usize,
     xnsub: bool,
-    identity: Option<MinerIdentity>,
+    /// Shared, so a share's records and replies need no copy of it.
+    identity: Option<Arc<MinerIdentity>>,
     fixed: bool,
     vardiff: Vardiff,
     sent_difficulty: Option<f64>,
@@ -267,7 +268,7 @@ impl Session {
                             self.vardiff.suggest(d, now_ms());
                         }
                         tracing::debug!(peer = %self.peer, user = %id.user, worker = %id.worker, "SV1 miner authorized");
-                        self.identity = Some(id);
+                        self.identity = Some(Arc::new(id));
                         self.reply_ok(&req.id, json!(true)).await?;
                         self.start_if_ready().await
                     }
@@ -468,7 +469,7 @@ impl Session {
     }
 
     async fn on_submit(&mut self, id: &Value, sub: Submit) -> std::io::Result<()> {
-        let (Some(prefix), Some(identity)) = (self.prefix.clone(), self.identity.clone()) else {
+        let (Some(prefix), Some(identity)) = (self.prefix.as_deref(), self.identity.clone()) else {
             self.ctx.record_rejected(None, None, "unauthorized").await;
             return self
                 .reply_err(id, error_code::UNAUTHORIZED, "Unauthorized worker")
@@ -492,7 +493,7 @@ impl Session {
                 .reply_err(id, error_code::OTHER, "extranonce2 too long")
                 .await;
         }
-        extranonce[..prefix.len()].copy_from_slice(&prefix);
+        extranonce[..prefix.len()].copy_from_slice(prefix);
         extranonce[prefix.len()..en_len].copy_from_slice(&sub.extranonce2);
         let submission = Submission {
             extranonce: &extranonce[..en_len],

@@ -47,7 +47,7 @@ enum Kind {
 
 struct Channel {
     kind: Kind,
-    identity: MinerIdentity,
+    identity: Arc<MinerIdentity>,
     prefix: Vec<u8>,
     /// Bytes the miner rolls (extended) or we fill with zeros (standard).
     rolled: usize,
@@ -503,7 +503,7 @@ impl Session {
         }
         let ch = Channel {
             kind,
-            identity,
+            identity: Arc::new(identity),
             prefix,
             rolled,
             vardiff,
