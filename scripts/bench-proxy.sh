@@ -26,6 +26,8 @@
 #   BENCH_PHASES="..."   a subset of the phases above (default: all, in that order)
 #   CARGO_TARGET_DIR     as for cargo (the binary is $CARGO_TARGET_DIR/release/defpool)
 #   BENCH_NO_BUILD=1     use the binary already built
+#   BENCH_BIN=PATH       benchmark this defpool binary (e.g. a build of an earlier commit, for a
+#                        before/after comparison in one session); implies BENCH_NO_BUILD=1
 #   BENCH_NICE=N         niceness of the benchmarked processes (default -10 as root, else 0),
 #                        so that concurrent builds on the machine take less of their CPU
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
@@ -40,7 +42,7 @@ OUT=${BENCH_OUT:-$(mktemp -d -t defpool-bench-proxy.XXXXXX)}
 mkdir -p "$OUT"
 PHASES=${BENCH_PHASES:-"switch-sv1 switch-sv2 stale throughput scrypt rss handshake"}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN="$TARGET_DIR/release/defpool"
+BIN=${BENCH_BIN:-$TARGET_DIR/release/defpool}
 
 # Test identity (regtest; users are paid in BTC, scrypt miners too) and SV2 keys, as in the
 # proxy's end-to-end tests.
@@ -519,7 +521,7 @@ phase_handshake() {
   note "handshake $kind: $n connections in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
 }
 
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+if [ "${BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   log "build (release)"
   cargo build --release -p defpool --locked >&2
 fi
