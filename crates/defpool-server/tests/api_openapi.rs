@@ -325,12 +325,12 @@ fn random_body(rng: &mut Rng, schema: &Value, doc: &Value) -> String {
             let mut parts = Vec::new();
             if let Some(props) = schema["properties"].as_object() {
                 for k in props.keys() {
-                    if rng.next() % 4 != 0 {
+                    if !rng.next().is_multiple_of(4) {
                         parts.push(format!("\"{k}\": {}", rng.pick(&VALUES)));
                     }
                 }
             }
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 parts.push("\"unexpected\": 1".into());
             }
             format!("{{{}}}", parts.join(", "))
