@@ -870,3 +870,53 @@ async fn the_docs_page_is_self_contained() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashrate_events_are_published_per_algorithm() {
+    let server = TestServer::start("hashrate", "").await;
+    let mut sse = SseClient::connect(server.api, "/api/feed?types=hashrate").await;
+    let mut proxy = ControlClient::connect(server.control).await;
+    seed(&mut proxy).await;
+    // The publisher ticks every 10 s: within 25 s both algorithms show the seeded work.
+    let mut seen = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while seen.len() < 2 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (event, data) = sse.next(left).await.expect("hashrate events in time");
+        assert_eq!(event, "hashrate");
+        if data["hashrate_hs"].as_f64().unwrap() > 0.0 {
+            seen.insert(data["algorithm"].as_str().unwrap().to_string(), data);
+        }
+    }
+    // LTC: Alice's rig1 and rig2 and Bob's default; BTC: Alice's rig1.
+    assert_eq!(
+        (
+            seen["scrypt"]["workers"].as_u64(),
+            seen["scrypt"]["users"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        (
+            seen["sha256d"]["workers"].as_u64(),
+            seen["sha256d"]["users"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let status = server.get("/api/status").await.json();
+    let scrypt = status["hashrate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["algorithm"] == "scrypt")
+        .unwrap()
+        .clone();
+    // The same figure as the status (both from the store's last 10 minutes; the window may
+    // have grown by a few seconds between them).
+    let (a, b) = (
+        seen["scrypt"]["hashrate_hs"].as_f64().unwrap(),
+        scrypt["hashrate_hs"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() / a < 0.1, "{a} vs {b}");
+    server.stop().await;
+}
