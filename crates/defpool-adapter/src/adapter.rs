@@ -158,7 +158,12 @@ pub async fn run(
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: None,
         // Block events go to the server: found, matured, orphaned.
-        control: proxy::control_target(v, &a.name, None, None),
+        control: proxy::control_target(
+            v,
+            &a.name,
+            a.server_url.as_deref(),
+            a.server_token.as_ref(),
+        ),
         connector: Some(connector),
     };
     tracing::info!(adapter = %a.name, coin = %a.coin.as_str(), listen = %a.listen, rpc = %a.rpc_url, payout = %payout.text, "coin adapter starting");

@@ -454,6 +454,14 @@ pub struct AdapterConfig {
     pub block_target_difficulty: Option<f64>,
     #[serde(default = "default_template_refresh_secs")]
     pub template_refresh_secs: u32,
+    /// The server's control plane (`tcp://host:port`) for block events, when the server runs
+    /// elsewhere. Without it an adapter in a file that also has `[server]` connects to that
+    /// server (with its `[[server.proxies]]` token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// Required with `server_url`: the token `[[server.proxies]]` lists for this adapter's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_token: Option<Secret>,
     /// The adapter's durable event outbox (found blocks, maturity); default
     /// `defpool-adapter-<name>.db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -521,6 +521,10 @@ fn check_adapters(ctx: &Ctx<'_>, adapters: &[AdapterConfig]) -> Result<()> {
             None => return err(format!("{key}.authority_public_key"), "is required"),
         }
         check_url(&format!("{key}.rpc_url"), &a.rpc_url, &["http", "https"])?;
+        if let Some(u) = &a.server_url {
+            check_url(&format!("{key}.server_url"), u, &["tcp"])?;
+            require_secret(&format!("{key}.server_token"), &a.server_token, 16)?;
+        }
         match (&a.rpc_user, &a.rpc_password, &a.rpc_cookie_file) {
             (None, None, Some(_)) => {}
             (_, _, Some(_)) => {

@@ -40,6 +40,11 @@ fn every_shipped_example_is_valid() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("config"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .chain(
+            std::fs::read_dir(repo().join("config/production"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        )
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
@@ -47,7 +52,15 @@ fn every_shipped_example_is_valid() {
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for required in ["demo.toml", "pool.toml", "solo.toml", "mixed.toml"] {
+    for required in [
+        "demo.toml",
+        "pool.toml",
+        "solo.toml",
+        "mixed.toml",
+        "server.toml",
+        "proxy.toml",
+        "adapter.toml",
+    ] {
         assert!(
             names.iter().any(|n| n == required),
             "config/{required} is missing"
@@ -253,6 +266,12 @@ const CASES: &[Case] = &[
         base: "pool.toml",
         edit: ("id = \"pool-proxy-1\"", "id = \"pool-proxy-1\"\nserver_url = \"tcp://127.0.0.1:3340\""),
         expect: &["proxy.server_token", "is required"],
+    },
+    Case {
+        name: "adapter with a remote server but no token",
+        base: "production/adapter.toml",
+        edit: ("server_token = \"replace-me-ltc-adapter-control-token\"\n", ""),
+        expect: &["adapters[0].server_token", "is required"],
     },
 ];
 
