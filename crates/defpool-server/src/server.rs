@@ -98,6 +98,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("server stopping");
     let _ = stop_tx.send(true);
+    let _ = shared.stopping.send(true);
     for task in tasks {
         // A task stuck in a store call must not hold the process: give up after a while.
         let _ = tokio::time::timeout(STOP_GRACE, task).await;

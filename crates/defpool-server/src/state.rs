@@ -43,6 +43,8 @@ pub struct Shared {
     pub ledger_now: Notify,
     pub metrics: Metrics,
     pub clock: Clock,
+    /// Set once when the server stops: long-lived responses (SSE, WebSocket) end with it.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             ledger_now: Notify::new(),
             metrics: Metrics::default(),
             clock,
+            stopping: watch::channel(false).0,
         })
     }
 

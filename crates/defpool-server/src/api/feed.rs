@@ -79,9 +79,18 @@ impl Drop for Subscribed {
 
 /// The next event the subscriber wants; `None` once the feed is closed. A subscriber too slow
 /// for the feed's buffer skips what it missed.
-async fn next_event(rx: &mut Receiver<FeedEvent>, filter: &Filter) -> Option<FeedEvent> {
+/// The feed also ends when the server stops, so open subscriptions do not hold up shutdown.
+async fn next_event(
+    rx: &mut Receiver<FeedEvent>,
+    filter: &Filter,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<FeedEvent> {
     loop {
-        match rx.recv().await {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
+        match received {
             Ok(e) if filter.allows(e.kind()) => return Some(e),
             Ok(_) => {}
             Err(RecvError::Lagged(n)) => tracing::debug!(missed = n, "feed subscriber lagged"),
@@ -96,14 +105,17 @@ pub async fn sse(State(api): St, q: Result<Query<FeedQuery>, QueryRejection>) ->
         Err(e) => return e.into_response(),
     };
     let rx = api.shared.feed.subscribe();
+    let stopping = api.shared.stopping.subscribe();
     let guard = Subscribed::new(api.shared.clone());
-    let stream =
-        futures_util::stream::unfold((rx, filter, guard), |(mut rx, filter, guard)| async move {
-            let e = next_event(&mut rx, &filter).await?;
+    let stream = futures_util::stream::unfold(
+        (rx, filter, stopping, guard),
+        |(mut rx, filter, mut stopping, guard)| async move {
+            let e = next_event(&mut rx, &filter, &mut stopping).await?;
             let data = serde_json::to_string(&e).unwrap_or_default();
             let event = Event::default().event(e.kind()).data(data);
-            Some((Ok::<_, Infallible>(event), (rx, filter, guard)))
-        });
+            Some((Ok::<_, Infallible>(event), (rx, filter, stopping, guard)))
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
@@ -143,12 +155,13 @@ async fn feed_socket(
     filter: Filter,
     shared: Arc<Shared>,
 ) {
+    let mut stopping = shared.stopping.subscribe();
     let _guard = Subscribed::new(shared);
     let mut ping = tokio::time::interval(KEEP_ALIVE);
     ping.tick().await;
     loop {
         tokio::select! {
-            e = next_event(&mut rx, &filter) => {
+            e = next_event(&mut rx, &filter, &mut stopping) => {
                 let Some(e) = e else { break };
                 let text = serde_json::to_string(&e).unwrap_or_default();
                 if socket.send(Message::Text(text.into())).await.is_err() {
