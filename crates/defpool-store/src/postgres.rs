@@ -1178,9 +1178,9 @@ async fn advance_sequence(
     Ok(Some(crate::refused(p.sequence as u64, last)))
 }
 
-/// Every row a batch adds, in one statement (one round trip): a data-modifying CTE per table,
-/// each an `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO UPDATE` in key order. An empty
-/// array inserts nothing. `users` are the batch's users that may change a stored one.
+/// Every row a batch adds but the coin rollups, in one statement (one round trip): a
+/// data-modifying CTE per table, each an `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO
+/// UPDATE` in key order. An empty array inserts nothing. `users` are the batch's users that may change a stored one.
 const WRITE_ROWS: &str = "WITH \
     ins_users AS (INSERT INTO users (user_name, payout_address, first_seen_ms) \
       SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
@@ -1225,17 +1225,21 @@ const WRITE_ROWS: &str = "WITH \
       work = user_minute.work + EXCLUDED.work, \
       shares = user_minute.shares + EXCLUDED.shares, \
       rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
-      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares), \
-    ins_coin_minute AS (INSERT INTO coin_minute (coin, minute_ms, work, shares, \
+      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares) \
+    SELECT 1";
+
+/// The per-coin rollup, apart and last: every batch of a minute updates the same row, so its
+/// lock is taken just before the commit (as a CTE it may run first and hold the row for the
+/// whole statement, serialising concurrent batches).
+const WRITE_COIN_MINUTES: &str = "INSERT INTO coin_minute (coin, minute_ms, work, shares, \
       rejected_shares, stale_shares) \
-      SELECT c, m, wk::numeric, s, r, st FROM UNNEST($34::text[], $35::bigint[], \
-      $36::text[], $37::bigint[], $38::bigint[], $39::bigint[]) AS t(c, m, wk, s, r, st) \
+      SELECT c, m, wk::numeric, s, r, st FROM UNNEST($1::text[], $2::bigint[], \
+      $3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) AS t(c, m, wk, s, r, st) \
       ON CONFLICT (coin, minute_ms) DO UPDATE SET \
       work = coin_minute.work + EXCLUDED.work, \
       shares = coin_minute.shares + EXCLUDED.shares, \
       rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
-      stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares) \
-    SELECT 1";
+      stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares";
 
 async fn write_rows(
     conn: &mut PgConnection,
@@ -1320,6 +1324,13 @@ async fn write_rows(
                 .map(|(_, a)| a.stale)
                 .collect::<Vec<_>>(),
         )
+        .execute(&mut *conn)
+        .await
+        .map_err(db("writing a batch's rows"))?;
+    if coin_minutes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(WRITE_COIN_MINUTES)
         .bind(
             coin_minutes
                 .iter()
@@ -1358,7 +1369,7 @@ async fn write_rows(
         )
         .execute(&mut *conn)
         .await
-        .map_err(db("writing a batch's rows"))?;
+        .map_err(db("writing coin rollups"))?;
     Ok(())
 }
 
