@@ -27,7 +27,8 @@
 #   CARGO_TARGET_DIR     as for cargo (the binary is $CARGO_TARGET_DIR/release/defpool)
 #   BENCH_NO_BUILD=1     use the binary already built
 #   BENCH_BIN=PATH       benchmark this defpool binary (e.g. a build of an earlier commit, for a
-#                        before/after comparison in one session); implies BENCH_NO_BUILD=1
+#                        before/after comparison in one session); implies BENCH_NO_BUILD=1.
+#                        Name the file `defpool`: the proxy process is found by that name.
 #   BENCH_NICE=N         niceness of the benchmarked processes (default -10 as root, else 0),
 #                        so that concurrent builds on the machine take less of their CPU
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
