@@ -59,7 +59,11 @@ fn config_toml(db: &std::path::Path, clients: usize) -> Result<String, String> {
 }
 
 fn assignment_json(epoch: u64) -> String {
-    let coin = if epoch.is_multiple_of(2) { "BTC" } else { "BCH" };
+    let coin = if epoch.is_multiple_of(2) {
+        "BTC"
+    } else {
+        "BCH"
+    };
     serde_json::json!({
         "epoch": epoch, "group": "default", "algorithm": "sha256d",
         "targets": [{"coin": coin, "weight": 1}],
