@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use defpool_core::hash::{from_display_hex, Hash32};
-use defpool_core::secret::Secret;
+use defpool_core::secret::{redact_userinfo, Secret};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -831,22 +831,6 @@ fn parse_hash(method: &str, text: &str) -> Result<Hash32, RpcError> {
     })
 }
 
-/// `http://user:pass@host/` → `http://<redacted>@host/`.
-fn redact_userinfo(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let prefix = scheme.map(|s| format!("{s}://")).unwrap_or_default();
-            format!("{prefix}<redacted>@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Standard base64 (RFC 4648, with padding), for HTTP basic authentication.
 fn base64(input: &[u8]) -> String {
     use base64::Engine;
@@ -874,14 +858,6 @@ mod tests {
 
     #[test]
     fn userinfo_never_shows() {
-        assert_eq!(
-            redact_userinfo("http://u:p@127.0.0.1:9332/"),
-            "http://<redacted>@127.0.0.1:9332/"
-        );
-        assert_eq!(
-            redact_userinfo("http://127.0.0.1:9332/"),
-            "http://127.0.0.1:9332/"
-        );
         let rpc = DaemonRpc::new(
             "http://alice:hunter2@127.0.0.1:1/",
             RpcAuth::UserPass {

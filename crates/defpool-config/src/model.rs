@@ -79,8 +79,12 @@ pub struct ServerConfig {
     /// Where proxies connect for assignments and to send batches.
     #[serde(default = "default_control_listen")]
     pub control_listen: SocketAddr,
-    /// `sqlite:PATH` (embedded default) or `postgres://…`.
-    #[serde(default = "default_database_url")]
+    /// `sqlite:PATH` (embedded default) or `postgres://…`. A password in it is redacted when the
+    /// config is printed (better: set it with `DEFPOOL_SERVER__DATABASE_URL` or a `.pgpass`).
+    #[serde(
+        default = "default_database_url",
+        serialize_with = "serialize_redacted_url"
+    )]
     pub database_url: String,
     /// Bearer token for admin endpoints. Required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +146,14 @@ fn default_rate_burst() -> u32 {
 
 fn default_pplns_window_factor() -> String {
     "2".into()
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    if url.contains("://") {
+        s.serialize_str(&defpool_core::secret::redact_userinfo(url))
+    } else {
+        s.serialize_str(url)
+    }
 }
 
 fn default_api_listen() -> SocketAddr {

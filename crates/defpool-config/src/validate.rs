@@ -287,8 +287,10 @@ fn check_database_url(key: &str, value: &str) -> Result<()> {
 
 /// Parse a URL and check its scheme and that it names a host.
 fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<url::Url> {
+    // The value may carry a password (`postgres://user:password@host/db`): never quote it whole.
+    let shown = defpool_core::secret::redact_userinfo(value);
     let url = url::Url::parse(value)
-        .map_err(|e| ConfigError::new(key, format!("`{value}` is not a valid URL: {e}")))?;
+        .map_err(|e| ConfigError::new(key, format!("`{shown}` is not a valid URL: {e}")))?;
     if !schemes.contains(&url.scheme()) {
         return err(
             key,
@@ -304,7 +306,7 @@ fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<url::Url> {
         );
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return err(key, format!("`{value}` names no host"));
+        return err(key, format!("`{shown}` names no host"));
     }
     Ok(url)
 }

@@ -11,6 +11,24 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// What a redacted secret prints as.
 pub const REDACTED: &str = "<redacted>";
 
+/// A URL for logs, errors and printed configs: its userinfo (`user:password@`) replaced,
+/// `http://user:pass@host/` → `http://<redacted>@host/`. Works on text that does not parse as a
+/// URL too, since that is when error messages quote it.
+pub fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let prefix = scheme.map(|s| format!("{s}://")).unwrap_or_default();
+            format!("{prefix}{REDACTED}@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
@@ -81,6 +99,24 @@ pub mod exposed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_redacted_from_urls() {
+        assert_eq!(
+            redact_userinfo("http://u:p@127.0.0.1:9332/"),
+            "http://<redacted>@127.0.0.1:9332/"
+        );
+        assert_eq!(
+            redact_userinfo("postgres://pool:hunter2@127.0.0.1:5432 /db"),
+            "postgres://<redacted>@127.0.0.1:5432 /db"
+        );
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:9332/"),
+            "http://127.0.0.1:9332/"
+        );
+        assert_eq!(redact_userinfo("h@st/a@b"), "<redacted>@st/a@b");
+        assert_eq!(redact_userinfo("sqlite:a@b.db"), "<redacted>@b.db");
+    }
 
     #[test]
     fn secrets_never_print() {

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use defpool_core::coin::Subsidy;
-use defpool_core::secret::Secret;
+use defpool_core::secret::{redact_userinfo, Secret};
 use defpool_core::{CoinRegistry, Network, Ticker};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
@@ -271,40 +271,5 @@ impl MarketSource for DaemonSource {
             }],
             failed: Vec::new(),
         })
-    }
-}
-
-/// `http://user:pass@host/` → `http://<redacted>@host/`.
-fn redact_userinfo(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let prefix = if scheme.is_empty() {
-                String::new()
-            } else {
-                format!("{scheme}://")
-            };
-            format!("{prefix}<redacted>@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_userinfo;
-
-    #[test]
-    fn userinfo_is_redacted() {
-        assert_eq!(
-            redact_userinfo("http://u:p@127.0.0.1:9332/"),
-            "http://<redacted>@127.0.0.1:9332/"
-        );
-        assert_eq!(
-            redact_userinfo("http://127.0.0.1:9332/"),
-            "http://127.0.0.1:9332/"
-        );
-        assert_eq!(redact_userinfo("h@st/a@b"), "<redacted>@st/a@b");
     }
 }

@@ -81,6 +81,34 @@ fn every_shipped_example_is_valid() {
 }
 
 #[test]
+fn database_passwords_never_show_in_output_or_errors() {
+    let text = example("production/server.toml");
+    for (url, valid) in [
+        ("postgres://pool:hunter2secret@127.0.0.1:5432/defpool", true),
+        (
+            "postgres://pool:hunter2secret@127.0.0.1:5432 /defpool",
+            false,
+        ),
+    ] {
+        let edited = text.replacen("postgres://defpool@127.0.0.1:5432/defpool", url, 1);
+        let file = write_temp("db-password.toml", &edited);
+        let out = defpool(&["config", "check", file.to_str().unwrap()], &[]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), valid, "{all}");
+        assert!(
+            !valid || all.contains("postgres://<redacted>@127.0.0.1:5432/defpool"),
+            "{all}"
+        );
+        assert!(valid || all.contains("server.database_url"), "{all}");
+        assert!(!all.contains("hunter2secret"), "{all}");
+    }
+}
+
+#[test]
 fn secrets_are_redacted_in_the_effective_config() {
     let out = defpool(
         &[
