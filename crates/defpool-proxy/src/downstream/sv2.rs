@@ -27,6 +27,8 @@ use crate::identity::{parse_username, MinerIdentity};
 use crate::template::JobTemplate;
 
 const JOBS_KEPT: usize = 12;
+/// What the reader task hands the session.
+type Incoming = Box<Result<Message, Sv2Error>>;
 const GROUP_CHANNEL_ID: u32 = 1;
 /// SV2 carries only "rolling allowed": the BIP320 bits.
 const BIP320_MASK: u32 = 0x1fff_e000;
@@ -143,12 +145,14 @@ pub async fn serve(
         }
     };
     let (mut reader, writer) = conn.into_split();
-    let (tx, mut msgs) = mpsc::channel::<Result<Message, Sv2Error>>(32);
+    // Boxed: tokio's channel allocates its slots in blocks of 32 whatever the capacity, and an
+    // unboxed message is over 100 bytes (several KB per idle connection).
+    let (tx, mut msgs) = mpsc::channel::<Incoming>(32);
     let reader_task = tokio::spawn(async move {
         loop {
             let m = reader.recv().await;
             let end = m.is_err();
-            if tx.send(m).await.is_err() || end {
+            if tx.send(Box::new(m)).await.is_err() || end {
                 break;
             }
         }
@@ -188,9 +192,12 @@ impl Session {
             .map_err(|e| format!("write failed: {e}"))
     }
 
-    async fn run(&mut self, msgs: &mut mpsc::Receiver<Result<Message, Sv2Error>>) -> String {
+    async fn run(&mut self, msgs: &mut mpsc::Receiver<Incoming>) -> String {
         // SetupConnection first.
-        let setup = match tokio::time::timeout(SETUP_TIMEOUT, msgs.recv()).await {
+        let setup = match tokio::time::timeout(SETUP_TIMEOUT, msgs.recv())
+            .await
+            .map(|m| m.map(|b| *b))
+        {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return self.violation(&e),
             Ok(None) => return "closed before SetupConnection".into(),
@@ -260,7 +267,7 @@ impl Session {
                 return why;
             }
             let r = tokio::select! {
-                m = msgs.recv() => match m {
+                m = msgs.recv() => match m.map(|b| *b) {
                     Some(Ok(m)) => {
                         last_activity = tokio::time::Instant::now();
                         self.on_message(m).await
