@@ -48,9 +48,6 @@ pub enum LedgerError {
     Invalid(String),
     #[error("store: {0}")]
     Store(#[from] defpool_store::StoreError),
-    /// Kept for callers that match on it; no longer returned (payouts are wired).
-    #[error("pool payouts are not wired to the ledger yet")]
-    NotWired,
 }
 
 /// What recording a pool payout did.

@@ -400,11 +400,6 @@ pub async fn payout(
         .map_err(|e| match e {
             LedgerError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad-payout", m),
             LedgerError::Store(e) => ApiError::store(e),
-            other => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ledger-unavailable",
-                other.to_string(),
-            ),
         })?;
     let _ = api
         .shared
