@@ -428,6 +428,27 @@ pub struct UpstreamConfig {
     pub switch_cost_secs: u32,
 }
 
+impl UpstreamConfig {
+    /// The upstream as assignments carry it to proxies (credentials included: the control
+    /// channel is the one place they travel).
+    pub fn to_upstream_ref(&self) -> defpool_control::UpstreamRef {
+        use defpool_control::UpstreamKind;
+        defpool_control::UpstreamRef {
+            name: self.name.clone(),
+            coin: self.coin.clone(),
+            kind: match self.protocol {
+                UpstreamProtocol::Sv1 => UpstreamKind::Sv1,
+                UpstreamProtocol::Sv2 => UpstreamKind::Sv2,
+                UpstreamProtocol::Adapter => UpstreamKind::Adapter,
+            },
+            address: self.url.clone(),
+            authority_public_key: self.authority_public_key.clone(),
+            username: self.username.clone(),
+            password: self.password.clone().unwrap_or_else(|| Secret::new("")),
+        }
+    }
+}
+
 fn default_payout_scheme() -> PayoutScheme {
     PayoutScheme::Pplns
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use defpool_config::StratumProtocol;
 use defpool_config::Validated;
-use defpool_config::{StratumProtocol, UpstreamProtocol};
-use defpool_control::{Assignment, MiningTarget, ProxyId, UpstreamKind, UpstreamRef};
+use defpool_control::{Assignment, MiningTarget, ProxyId, UpstreamRef};
 use defpool_core::secret::Secret;
 use defpool_core::Algorithm;
 use defpool_stratum::sv2::AuthorityKeypair;
@@ -69,19 +69,7 @@ pub fn default_assignment(v: &Validated, group: &str, algorithm: Algorithm) -> O
                 .get(&u.coin)
                 .is_some_and(|c| c.algorithm == algorithm)
         })
-        .map(|u| UpstreamRef {
-            name: u.name.clone(),
-            coin: u.coin.clone(),
-            kind: match u.protocol {
-                UpstreamProtocol::Sv1 => UpstreamKind::Sv1,
-                UpstreamProtocol::Sv2 => UpstreamKind::Sv2,
-                UpstreamProtocol::Adapter => UpstreamKind::Adapter,
-            },
-            address: u.url.clone(),
-            authority_public_key: u.authority_public_key.clone(),
-            username: u.username.clone(),
-            password: u.password.clone().unwrap_or_else(|| Secret::new("")),
-        })
+        .map(|u| u.to_upstream_ref())
         .collect();
     let coin = ups.first()?.coin.clone();
     Some(Assignment {

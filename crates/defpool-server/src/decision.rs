@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_config::{UpstreamProtocol, Validated};
+use defpool_config::Validated;
 use defpool_control::{Assignment, MiningTarget as AssignedTarget, UpstreamKind, UpstreamRef};
 use defpool_core::secret::Secret;
 use defpool_core::{Algorithm, Ticker};
@@ -576,19 +576,7 @@ pub fn upstream_choices(
     let mut out: BTreeMap<Ticker, Vec<UpstreamChoice>> = BTreeMap::new();
     for u in &v.config.upstreams {
         out.entry(u.coin.clone()).or_default().push(UpstreamChoice {
-            reference: UpstreamRef {
-                name: u.name.clone(),
-                coin: u.coin.clone(),
-                kind: match u.protocol {
-                    UpstreamProtocol::Sv1 => UpstreamKind::Sv1,
-                    UpstreamProtocol::Sv2 => UpstreamKind::Sv2,
-                    UpstreamProtocol::Adapter => UpstreamKind::Adapter,
-                },
-                address: u.url.clone(),
-                authority_public_key: u.authority_public_key.clone(),
-                username: u.username.clone(),
-                password: u.password.clone().unwrap_or_else(|| Secret::new("")),
-            },
+            reference: u.to_upstream_ref(),
             fee_bps: u.fee_bps,
         });
     }
