@@ -53,6 +53,9 @@ struct Inner {
     outbox: Outbox,
     tracker: Mutex<Tracker>,
     submitted: Mutex<HashSet<Hash32>>,
+    /// Parents one of our blocks extends (or is being submitted on): a second block on the
+    /// same parent can only lose to our own ("inconclusive"), so it is not submitted.
+    extended_parents: Mutex<HashSet<Hash32>>,
 }
 
 impl DaemonConnector {
@@ -68,6 +71,7 @@ impl DaemonConnector {
                 outbox,
                 tracker: Mutex::new(tracker),
                 submitted: Mutex::new(HashSet::new()),
+                extended_parents: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -340,6 +344,16 @@ impl Inner {
             tracing::info!(adapter = %adapter, hash = %to_display_hex(&block.hash), "block already submitted; not again");
             return;
         }
+        let parent = work.template.previous_block_hash;
+        if !self
+            .extended_parents
+            .lock()
+            .expect("parents lock")
+            .insert(parent)
+        {
+            tracing::info!(adapter = %adapter, hash = %to_display_hex(&block.hash), height = work.template.height, "block candidate on a parent our own block already extends; not submitted");
+            return;
+        }
         let hash = to_display_hex(&block.hash);
         let height = work.template.height as u64;
         let reward = work.template.coinbase_value;
@@ -381,6 +395,10 @@ impl Inner {
                     .rejected
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(adapter = %adapter, height, hash = %hash, reason = %reason, "the node rejected our block");
+                self.extended_parents
+                    .lock()
+                    .expect("parents lock")
+                    .remove(&parent);
                 self.event(Event::BlockRejected {
                     coin,
                     adapter: adapter.clone(),
