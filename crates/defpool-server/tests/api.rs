@@ -527,46 +527,39 @@ async fn bad_input_gets_the_documented_errors() {
         );
     }
     // Upstream terms.
-    let up = |v: Value| v.to_string();
-    expect("fee", server.admin("PUT", "/api/admin/upstreams/u1", Some(&up(json!({"coin": "LTC", "protocol": "sv1", "fee_bps": 10001, "payout_scheme": "pplns"})))).await, 400, "bad-upstream");
-    expect(
-        "protocol",
-        server
-            .admin(
-                "PUT",
-                "/api/admin/upstreams/u1",
-                Some(&up(
-                    json!({"coin": "LTC", "protocol": "http", "payout_scheme": "pplns"}),
-                )),
-            )
-            .await,
-        400,
-        "bad-upstream",
-    );
-    expect(
-        "scheme",
-        server
-            .admin(
-                "PUT",
-                "/api/admin/upstreams/u1",
-                Some(&up(
-                    json!({"coin": "LTC", "protocol": "sv1", "payout_scheme": "fpps"}),
-                )),
-            )
-            .await,
-        400,
-        "bad-upstream",
-    );
-    expect("secret in details", server.admin("PUT", "/api/admin/upstreams/u1", Some(&up(json!({"coin": "LTC", "protocol": "sv1", "payout_scheme": "pplns", "details": {"password": "p"}})))).await, 400, "bad-upstream");
+    for (case, body) in [
+        (
+            "fee",
+            json!({"coin": "LTC", "protocol": "sv1", "fee_bps": 10001, "payout_scheme": "pplns"}),
+        ),
+        (
+            "protocol",
+            json!({"coin": "LTC", "protocol": "http", "payout_scheme": "pplns"}),
+        ),
+        (
+            "scheme",
+            json!({"coin": "LTC", "protocol": "sv1", "payout_scheme": "fpps"}),
+        ),
+        (
+            "secret in details",
+            json!({"coin": "LTC", "protocol": "sv1", "payout_scheme": "pplns", "details": {"password": "p"}}),
+        ),
+    ] {
+        let response = server
+            .admin("PUT", "/api/admin/upstreams/u1", Some(&body.to_string()))
+            .await;
+        expect(case, response, 400, "bad-upstream");
+    }
     expect(
         "upstream coin",
         server
             .admin(
                 "PUT",
                 "/api/admin/upstreams/u1",
-                Some(&up(
-                    json!({"coin": "NOPE", "protocol": "sv1", "payout_scheme": "pplns"}),
-                )),
+                Some(
+                    &json!({"coin": "NOPE", "protocol": "sv1", "payout_scheme": "pplns"})
+                        .to_string(),
+                ),
             )
             .await,
         404,
