@@ -5,11 +5,14 @@
 //!   the 32-byte x-only (BIP340) key.
 //! - Secret key: base58check of the 32 raw secret bytes.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 
 use secp256k1::{Keypair, Secp256k1, SecretKey, XOnlyPublicKey};
 
-use super::error::KeyError;
+use super::{error::KeyError, noise::NoiseResponder};
 
 /// The version prefix SRI puts in front of x-only public keys (`1u16`, little-endian).
 const PUBLIC_KEY_VERSION: [u8; 2] = [0x01, 0x00];
@@ -85,10 +88,14 @@ impl std::str::FromStr for AuthorityPublicKey {
 
 /// An authority key pair: what an SV2 server (our proxy's downstream ports, a coin adapter)
 /// signs its per-connection Noise certificates with. `Debug` never prints the secret.
+///
+/// Clones share one [`NoiseResponder`] (static key and signed certificate), made on the first
+/// handshake: a listener holds one pair for all its connections.
 #[derive(Clone)]
 pub struct AuthorityKeypair {
     keypair: Keypair,
     public: AuthorityPublicKey,
+    noise: Arc<OnceLock<NoiseResponder>>,
 }
 
 impl AuthorityKeypair {
@@ -137,7 +144,13 @@ impl AuthorityKeypair {
         Self {
             keypair,
             public: AuthorityPublicKey(x_only.serialize()),
+            noise: Arc::default(),
         }
+    }
+
+    /// The Noise responder state for this pair (created on first use, shared by clones).
+    pub fn noise_responder(&self) -> &NoiseResponder {
+        self.noise.get_or_init(|| NoiseResponder::new(self.keypair))
     }
 
     /// The public half, to hand to clients.
@@ -150,10 +163,6 @@ impl AuthorityKeypair {
         bs58::encode(self.keypair.secret_bytes())
             .with_check()
             .into_string()
-    }
-
-    pub(crate) fn keypair(&self) -> Keypair {
-        self.keypair
     }
 }
 

@@ -1,6 +1,7 @@
 //! Stratum V2: the Noise-encrypted transport and an owned message codec, built on the Stratum
-//! Reference Implementation crates (`stratum-core` 0.6.0: `noise_sv2` 2.0.0 for the handshake
-//! and ciphers, `framing_sv2` 8.0.0 for frame headers, `codec_sv2` 7.0.0 for the chunk layout,
+//! Reference Implementation crates (`stratum-core` 0.6.0: `noise_sv2` 2.0.0 for the initiator's
+//! handshake and ciphers, while the responder is ours in [`noise`], wire-compatible with it;
+//! `framing_sv2` 8.0.0 for frame headers, `codec_sv2` 7.0.0 for the chunk layout,
 //! `parsers_sv2` 0.6.0 / `mining_sv2` 12.0.0 / `common_messages_sv2` 9.0.0 / `binary_sv2` 7.0.0
 //! for the messages).
 //!
@@ -19,6 +20,7 @@
 mod error;
 mod keys;
 pub mod message;
+pub mod noise;
 mod transport;
 
 pub use error::{KeyError, Sv2Error};

@@ -1,7 +1,8 @@
 //! The encrypted SV2 transport over a tokio `TcpStream`.
 //!
-//! The Noise NX handshake and the ChaCha20-Poly1305 session ciphers are SRI's `noise_sv2`
-//! (`Responder`, `Initiator`, `NoiseEncryptor`/`NoiseDecryptor`); frame headers are
+//! The server side of the Noise NX handshake and its session ciphers are ours
+//! ([`super::noise`]: static key and certificate made once per authority key pair); the client
+//! side is SRI's `noise_sv2` (`Initiator`, `NoiseEncryptor`/`NoiseDecryptor`); frame headers are
 //! `framing_sv2`'s; the chunk layout is `codec_sv2`'s (`encrypted_payload_length`): the 6-byte
 //! header is encrypted on its own (22 bytes with its MAC), then the payload in chunks of at most
 //! 65519 plaintext bytes, each with its own MAC. We drive the ciphers ourselves instead of
@@ -19,8 +20,8 @@ use stratum_core::{
     codec_sv2::{encrypted_payload_length, SV2_FRAME_PLAINTEXT_CHUNK_SIZE},
     framing_sv2::{header::Header, SV2_FRAME_CHUNK_SIZE},
     noise_sv2::{
-        self, Initiator, NoiseDecryptor, NoiseEncryptor, Responder, AEAD_MAC_LEN,
-        ELLSWIFT_ENCODING_SIZE, INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE,
+        self, Initiator, NoiseDecryptor, NoiseEncryptor, AEAD_MAC_LEN, ELLSWIFT_ENCODING_SIZE,
+        INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE,
     },
 };
 use tokio::{
@@ -35,7 +36,38 @@ use super::{
     error::Sv2Error,
     keys::{AuthorityKeypair, AuthorityPublicKey},
     message::{decode_frame_payload, encode_frame, Message, FRAME_HEADER_SIZE},
+    noise::CipherState,
 };
+
+/// The receiving cipher: ours on accepted connections, SRI's on connections we initiated.
+enum RecvCipher {
+    Own(CipherState),
+    Sri(NoiseDecryptor),
+}
+
+impl RecvCipher {
+    fn decrypt(&mut self, buf: &mut Vec<u8>) -> Result<(), Sv2Error> {
+        match self {
+            RecvCipher::Own(c) => c.decrypt(buf).map_err(|_| Sv2Error::Decrypt),
+            RecvCipher::Sri(c) => c.decrypt(buf).map_err(|_| Sv2Error::Decrypt),
+        }
+    }
+}
+
+/// The sending cipher, as [`RecvCipher`].
+enum SendCipher {
+    Own(CipherState),
+    Sri(NoiseEncryptor),
+}
+
+impl SendCipher {
+    fn encrypt(&mut self, buf: &mut Vec<u8>) -> Result<(), ()> {
+        match self {
+            SendCipher::Own(c) => c.encrypt(buf).map_err(|_| ()),
+            SendCipher::Sri(c) => c.encrypt(buf).map_err(|_| ()),
+        }
+    }
+}
 
 /// How long [`accept`] and [`connect`] wait for the handshake to complete.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +141,7 @@ impl Sv2Connection {
 /// The receiving half of an [`Sv2Connection`].
 pub struct Sv2Reader {
     io: OwnedReadHalf,
-    cipher: NoiseDecryptor,
+    cipher: RecvCipher,
     limits: FrameLimits,
     /// Ciphertext received and not yet consumed.
     buf: Vec<u8>,
@@ -129,7 +161,7 @@ impl std::fmt::Debug for Sv2Reader {
 }
 
 impl Sv2Reader {
-    fn new(io: OwnedReadHalf, cipher: NoiseDecryptor, limits: FrameLimits, buf: Vec<u8>) -> Self {
+    fn new(io: OwnedReadHalf, cipher: RecvCipher, limits: FrameLimits, buf: Vec<u8>) -> Self {
         Self {
             io,
             cipher,
@@ -163,9 +195,7 @@ impl Sv2Reader {
                 // No await from here until `self.header` is set: cancel-safe.
                 let mut bytes = self.buf[..ENCRYPTED_HEADER_SIZE].to_vec();
                 self.buf.drain(..ENCRYPTED_HEADER_SIZE);
-                self.cipher
-                    .decrypt(&mut bytes)
-                    .map_err(|_| Sv2Error::Decrypt)?;
+                self.cipher.decrypt(&mut bytes)?;
                 let header = Header::from_bytes(&bytes).map_err(|e| Sv2Error::BadPayload {
                     name: "frame header",
                     detail: format!("{e:?}"),
@@ -185,9 +215,7 @@ impl Sv2Reader {
         let mut payload = Vec::with_capacity(header.payload_length());
         for chunk in self.buf[..encrypted_len].chunks(SV2_FRAME_CHUNK_SIZE) {
             let mut chunk = chunk.to_vec();
-            self.cipher
-                .decrypt(&mut chunk)
-                .map_err(|_| Sv2Error::Decrypt)?;
+            self.cipher.decrypt(&mut chunk)?;
             payload.extend_from_slice(&chunk);
         }
         self.buf.drain(..encrypted_len);
@@ -247,7 +275,7 @@ impl EncodedFrame {
 /// The sending half of an [`Sv2Connection`].
 pub struct Sv2Writer {
     io: OwnedWriteHalf,
-    cipher: NoiseEncryptor,
+    cipher: SendCipher,
     /// Ciphertext of the frame being written.
     out: Vec<u8>,
     /// How much of `out` is on the socket already.
@@ -263,7 +291,7 @@ impl std::fmt::Debug for Sv2Writer {
 }
 
 impl Sv2Writer {
-    fn new(io: OwnedWriteHalf, cipher: NoiseEncryptor) -> Self {
+    fn new(io: OwnedWriteHalf, cipher: SendCipher) -> Self {
         Self {
             io,
             cipher,
@@ -374,8 +402,9 @@ impl Sv2Writer {
     }
 }
 
-/// Server side: runs the Noise NX handshake as responder, signing a certificate valid for
-/// `cert_validity` with `keys`, with [`DEFAULT_HANDSHAKE_TIMEOUT`].
+/// Server side: runs the Noise NX handshake as responder, with a certificate valid for
+/// `cert_validity` signed by `keys` (signed once and reused until half of that has passed; see
+/// [`super::noise::NoiseResponder`]), with [`DEFAULT_HANDSHAKE_TIMEOUT`].
 ///
 /// Returns once the initiator's first transport message (normally `SetupConnection`) has also
 /// arrived and authenticated, so a peer that sends garbage, or an SV1 miner on an SV2 port, fails
@@ -415,18 +444,17 @@ pub async fn accept_with_timeout(
         let mut hello = [0u8; ELLSWIFT_ENCODING_SIZE];
         hello.copy_from_slice(&buf[..ELLSWIFT_ENCODING_SIZE]);
         buf.drain(..ELLSWIFT_ENCODING_SIZE);
-        let mut responder = Responder::new(keys.keypair(), validity);
-        let (reply, engine) = responder
-            .step_1(hello)
-            .map_err(|e| Sv2Error::Handshake(format!("responder step failed: {e:?}")))?;
+        let (reply, ciphers) = keys
+            .noise_responder()
+            .respond(&hello, validity, unix_now())
+            .map_err(|e| Sv2Error::Handshake(format!("responder step failed: {e}")))?;
         wr.write_all(&reply).await?;
-        let (encryptor, decryptor) = engine.into_split();
-        let mut reader = Sv2Reader::new(rd, decryptor, limits, buf);
+        let mut reader = Sv2Reader::new(rd, RecvCipher::Own(ciphers.decryptor), limits, buf);
         let first = reader.recv().await?;
         reader.pending = Some(first);
         Ok(Sv2Connection {
             reader,
-            writer: Sv2Writer::new(wr, encryptor),
+            writer: Sv2Writer::new(wr, SendCipher::Own(ciphers.encryptor)),
             peer,
         })
     };
@@ -538,8 +566,8 @@ pub async fn connect_with_timeout(
         };
         let (encryptor, decryptor) = engine.into_split();
         Ok(Sv2Connection {
-            reader: Sv2Reader::new(rd, decryptor, limits, Vec::new()),
-            writer: Sv2Writer::new(wr, encryptor),
+            reader: Sv2Reader::new(rd, RecvCipher::Sri(decryptor), limits, Vec::new()),
+            writer: Sv2Writer::new(wr, SendCipher::Sri(encryptor)),
             peer,
         })
     };
