@@ -5,7 +5,7 @@
 //! hashes it and classifies the result. [`JobBook`] keeps the jobs of one channel and rejects
 //! unknown, stale and duplicate submissions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::coin::Algorithm;
@@ -261,17 +261,23 @@ struct SubmissionKey {
 }
 
 struct JobEntry {
+    id: u64,
     job: Arc<Job>,
     /// When the job stopped being current (Unix seconds); shares within the grace window after
     /// that are still accepted.
     retired_at: Option<u32>,
-    seen: HashSet<SubmissionKey>,
+    /// Submissions seen for this job, allocated with its first share: most jobs of an idle or
+    /// slow miner never get one, and an empty set inline would cost 48 bytes per kept job.
+    #[allow(clippy::box_collection)] // the box is the point: 8 bytes inline instead of 48
+    seen: Option<Box<HashSet<SubmissionKey>>>,
 }
 
 /// The jobs of one channel: current ones, recently retired ones within a grace window, and the
 /// submissions already seen for each.
 pub struct JobBook {
-    entries: HashMap<u64, JobEntry>,
+    /// At most `max_jobs` (a dozen): a linear search beats a map's hashing at this size, and
+    /// 32 bytes per entry instead of a hash table of 72-byte buckets keeps idle miners small.
+    entries: Vec<JobEntry>,
     grace_secs: u32,
     max_jobs: usize,
 }
@@ -288,46 +294,64 @@ impl JobBook {
     /// at most (the oldest retired ones go first).
     pub fn new(grace_secs: u32, max_jobs: usize) -> JobBook {
         JobBook {
-            entries: HashMap::new(),
+            entries: Vec::new(),
             grace_secs,
             max_jobs: max_jobs.max(1),
         }
     }
 
     /// Add a job. With `clean`, every earlier job is retired at `now` (new block, coin switch).
+    /// A job with the id of a kept one replaces it.
     pub fn add(&mut self, job: Arc<Job>, clean: bool, now: u32) {
         if clean {
-            for entry in self.entries.values_mut() {
+            for entry in &mut self.entries {
                 entry.retired_at.get_or_insert(now);
             }
         }
         self.prune(now);
+        self.entries.retain(|e| e.id != job.id);
         while self.entries.len() >= self.max_jobs {
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(id, e)| (e.retired_at.is_none(), e.retired_at, **id))
-                .map(|(id, _)| *id);
+                .enumerate()
+                .min_by_key(|(_, e)| (e.retired_at.is_none(), e.retired_at, e.id))
+                .map(|(i, _)| i);
             match oldest {
-                Some(id) => self.entries.remove(&id),
+                Some(i) => self.entries.swap_remove(i),
                 None => break,
             };
         }
-        self.entries.insert(
-            job.id,
-            JobEntry {
-                job,
-                retired_at: None,
-                seen: HashSet::new(),
-            },
-        );
+        if self.entries.capacity() == 0 {
+            // Exactly the bound: growing by doubling would leave a third of it unused.
+            self.entries.reserve_exact(self.max_jobs);
+        }
+        self.entries.push(JobEntry {
+            id: job.id,
+            job,
+            retired_at: None,
+            seen: None,
+        });
+    }
+
+    /// How many kept jobs have a duplicate set allocated (jobs that had a submission).
+    pub fn seen_sets(&self) -> usize {
+        self.entries.iter().filter(|e| e.seen.is_some()).count()
+    }
+
+    fn entry(&self, job_id: u64) -> Option<&JobEntry> {
+        self.entries.iter().find(|e| e.id == job_id)
+    }
+
+    fn entry_mut(&mut self, job_id: u64) -> Option<&mut JobEntry> {
+        self.entries.iter_mut().find(|e| e.id == job_id)
     }
 
     /// Forget retired jobs whose grace window has passed.
     pub fn prune(&mut self, now: u32) {
         let grace = self.grace_secs;
         self.entries
-            .retain(|_, e| e.retired_at.is_none_or(|r| now <= r.saturating_add(grace)));
+            .retain(|e| e.retired_at.is_none_or(|r| now <= r.saturating_add(grace)));
     }
 
     pub fn len(&self) -> usize {
@@ -340,10 +364,7 @@ impl JobBook {
 
     /// The job a submission names, or why it cannot be used.
     pub fn lookup(&self, job_id: u64, now: u32) -> Result<Lookup, Reject> {
-        let entry = self
-            .entries
-            .get(&job_id)
-            .ok_or(Reject::UnknownJob(job_id))?;
+        let entry = self.entry(job_id).ok_or(Reject::UnknownJob(job_id))?;
         match entry.retired_at {
             None => Ok(Lookup {
                 job: entry.job.clone(),
@@ -360,10 +381,7 @@ impl JobBook {
     /// Record a submission; a second identical one is a duplicate. Call after the cheap checks,
     /// before hashing, so a flood of copies costs no hashing.
     pub fn record(&mut self, job_id: u64, sub: &Submission<'_>) -> Result<(), Reject> {
-        let entry = self
-            .entries
-            .get_mut(&job_id)
-            .ok_or(Reject::UnknownJob(job_id))?;
+        let entry = self.entry_mut(job_id).ok_or(Reject::UnknownJob(job_id))?;
         let version = entry.job.rolled_version(sub.version)?;
         insert_seen(entry, sub, version)
     }
@@ -379,10 +397,7 @@ impl JobBook {
     ) -> Result<(PreparedShare, bool), Reject> {
         let Lookup { job, late } = self.lookup(job_id, now)?;
         let version = job.check(sub, now)?;
-        let entry = self
-            .entries
-            .get_mut(&job_id)
-            .ok_or(Reject::UnknownJob(job_id))?;
+        let entry = self.entry_mut(job_id).ok_or(Reject::UnknownJob(job_id))?;
         insert_seen(entry, sub, version)?;
         Ok((job.build(sub, version), late))
     }
@@ -406,7 +421,7 @@ fn insert_seen(entry: &mut JobEntry, sub: &Submission<'_>, version: u32) -> Resu
         nonce: sub.nonce,
         version,
     };
-    if entry.seen.insert(key) {
+    if entry.seen.get_or_insert_default().insert(key) {
         Ok(())
     } else {
         Err(Reject::Duplicate)
@@ -417,6 +432,7 @@ fn insert_seen(entry: &mut JobEntry, sub: &Submission<'_>, version: u32) -> Resu
 mod tests {
     use super::*;
     use crate::work::CompactTarget;
+    use std::collections::HashMap;
 
     fn job(id: u64) -> Job {
         Job {
@@ -589,5 +605,137 @@ mod tests {
         }
         assert_eq!(book.len(), 4);
         assert!(book.lookup(9, NOW).is_ok());
+    }
+
+    #[test]
+    fn job_book_allocates_duplicate_sets_only_for_jobs_with_shares() {
+        // An idle miner's kept jobs cost their entry only: no duplicate set before a share.
+        let mut book = JobBook::new(5, 12);
+        for id in 0..12 {
+            book.add(Arc::new(job(id)), id % 4 == 0, NOW);
+        }
+        assert_eq!(book.seen_sets(), 0);
+        assert!(book.entries.capacity() <= 12, "entries over-allocated");
+        assert!(std::mem::size_of::<JobEntry>() <= 32);
+        // A rejected submission (bad ntime) creates none either; an admitted one does.
+        let early = Submission {
+            ntime: 1,
+            ..sub(&[0; 8], 1)
+        };
+        assert!(book.admit(11, &early, NOW).is_err());
+        assert_eq!(book.seen_sets(), 0);
+        assert!(book.admit(11, &sub(&[0; 8], 1), NOW).is_ok());
+        assert_eq!(book.seen_sets(), 1);
+        assert_eq!(
+            book.admit(11, &sub(&[0; 8], 1), NOW).unwrap_err(),
+            Reject::Duplicate
+        );
+    }
+
+    #[test]
+    fn job_book_replaces_a_job_with_the_same_id() {
+        let mut book = JobBook::new(5, 4);
+        book.add(Arc::new(job(1)), false, NOW);
+        assert!(book.admit(1, &sub(&[0; 8], 1), NOW).is_ok());
+        let mut again = job(1);
+        again.ntime = NOW;
+        book.add(Arc::new(again), false, NOW);
+        assert_eq!(book.len(), 1);
+        // The new job's duplicate set starts empty, with the new job's rules.
+        let s = Submission {
+            ntime: NOW,
+            ..sub(&[0; 8], 1)
+        };
+        assert!(book.admit(1, &s, NOW).is_ok());
+        assert!(matches!(
+            book.admit(1, &sub(&[0; 8], 2), NOW),
+            Err(Reject::NtimeOutOfRange { .. })
+        ));
+    }
+
+    /// The book as it was specified with a map (a job per id, a duplicate set per job):
+    /// the compact book must answer every sequence of adds and submissions the same way.
+    /// Per job: when it was retired, and the (extranonce, nonce) pairs seen.
+    type ModelJob = (Option<u32>, HashSet<(Vec<u8>, u32)>);
+
+    #[derive(Default)]
+    struct Model {
+        jobs: HashMap<u64, ModelJob>,
+    }
+
+    impl Model {
+        fn add(&mut self, id: u64, clean: bool, now: u32, grace: u32, max: usize) {
+            if clean {
+                for (retired, _) in self.jobs.values_mut() {
+                    retired.get_or_insert(now);
+                }
+            }
+            self.jobs
+                .retain(|_, (r, _)| r.is_none_or(|r| now <= r.saturating_add(grace)));
+            self.jobs.remove(&id);
+            while self.jobs.len() >= max {
+                let oldest = *self
+                    .jobs
+                    .iter()
+                    .min_by_key(|(id, (r, _))| (r.is_none(), *r, **id))
+                    .unwrap()
+                    .0;
+                self.jobs.remove(&oldest);
+            }
+            self.jobs.insert(id, (None, HashSet::new()));
+        }
+
+        fn admit(
+            &mut self,
+            id: u64,
+            en: &[u8],
+            nonce: u32,
+            now: u32,
+            grace: u32,
+        ) -> Result<bool, Reject> {
+            let (retired, seen) = self.jobs.get_mut(&id).ok_or(Reject::UnknownJob(id))?;
+            let late = match *retired {
+                None => false,
+                Some(r) if now <= r.saturating_add(grace) => true,
+                Some(_) => return Err(Reject::StaleJob(id)),
+            };
+            if !seen.insert((en.to_vec(), nonce)) {
+                return Err(Reject::Duplicate);
+            }
+            Ok(late)
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn job_book_matches_the_map_model(
+            ops in proptest::collection::vec((0u8..3, 0u64..8, proptest::bool::ANY, 0u32..3, 0u8..2, 0u32..3), 1..80)
+        ) {
+            let (grace, max) = (2, 4);
+            let mut book = JobBook::new(grace, max);
+            let mut model = Model::default();
+            let mut now = NOW;
+            for (op, id, clean, dt, en, nonce) in ops {
+                now += dt;
+                match op {
+                    0 => {
+                        book.add(Arc::new(job(id)), clean, now);
+                        model.add(id, clean, now, grace, max);
+                    }
+                    1 => {
+                        book.prune(now);
+                        model.jobs.retain(|_, (r, _)| r.is_none_or(|r| now <= r.saturating_add(grace)));
+                    }
+                    _ => {
+                        let extranonce = [en; 8];
+                        let got = book.admit(id, &sub(&extranonce, nonce), now).map(|(_, late)| late);
+                        let want = model.admit(id, &extranonce, nonce, now, grace);
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                }
+                proptest::prop_assert_eq!(book.len(), model.jobs.len());
+                proptest::prop_assert!(book.seen_sets() <= book.len());
+            }
+        }
     }
 }
