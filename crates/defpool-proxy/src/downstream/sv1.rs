@@ -103,7 +103,7 @@ pub async fn serve(
         sent_difficulty: None,
         requested_mask: None,
         sent_mask: None,
-        jobs: VecDeque::new(),
+        jobs: VecDeque::with_capacity(JOBS_KEPT),
         accepted: HashMap::new(),
         resends: 0,
         current: None,
@@ -129,7 +129,9 @@ pub async fn serve(
                         last_activity = tokio::time::Instant::now();
                         match sv1::parse_line(line) {
                             Ok(Incoming::Request(req)) => {
-                                if let Err(e) = s.on_request(req).await {
+                                // Boxed: the share path's futures (verifier, outbox) would
+                                // otherwise size the task of every idle miner.
+                                if let Err(e) = Box::pin(s.on_request(req)).await {
                                     break format!("write failed: {e}");
                                 }
                             }

@@ -14,11 +14,11 @@ use defpool_core::share::{JobBook, Reject, ShareClass, Submission, SubmittedVers
 use defpool_core::work::{Target, HASHES_PER_DIFFICULTY};
 use defpool_stratum::sv2::{
     self, error_code, setup_flags, AuthorityKeypair, EncodedFrame, FrameLimits, Message, Protocol,
-    Sv2Error, Sv2Writer,
+    Sv2Error, Sv2Reader, Sv2Writer,
 };
 use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{forward, share_target};
 use crate::context::{Context, PortSettings};
@@ -27,8 +27,6 @@ use crate::identity::{parse_username, MinerIdentity};
 use crate::template::JobTemplate;
 
 const JOBS_KEPT: usize = 12;
-/// What the reader task hands the session.
-type Incoming = Box<Result<Message, Sv2Error>>;
 const GROUP_CHANNEL_ID: u32 = 1;
 /// SV2 carries only "rolling allowed": the BIP320 bits.
 const BIP320_MASK: u32 = 0x1fff_e000;
@@ -94,7 +92,8 @@ struct Session {
     port: Arc<PortSettings>,
     peer: SocketAddr,
     writer: Sv2Writer,
-    channels: HashMap<u32, Channel>,
+    /// Boxed: a map reserves room for several entries, and a channel is a few hundred bytes.
+    channels: HashMap<u32, Box<Channel>>,
     next_channel: u32,
     version_rolling: bool,
     closing: Option<String>,
@@ -123,13 +122,15 @@ pub async fn serve(
     let limits = FrameLimits {
         max_frame_bytes: port.max_message_bytes,
     };
-    let conn = match sv2::accept_with_timeout(
+    // Boxed: the handshake's state is freed once it is done instead of sizing the session's
+    // task (every idle connection) for it.
+    let conn = match Box::pin(sv2::accept_with_timeout(
         stream,
         &keys,
         CERT_VALIDITY,
         limits,
         Duration::from_secs(5),
-    )
+    ))
     .await
     {
         Ok(c) => c,
@@ -144,19 +145,9 @@ pub async fn serve(
             return;
         }
     };
+    // One task per connection: the session reads the frames itself (`Sv2Reader::recv` is
+    // cancel-safe), no reader task and message channel per idle miner.
     let (mut reader, writer) = conn.into_split();
-    // Boxed: tokio's channel allocates its slots in blocks of 32 whatever the capacity, and an
-    // unboxed message is over 100 bytes (several KB per idle connection).
-    let (tx, mut msgs) = mpsc::channel::<Incoming>(32);
-    let reader_task = tokio::spawn(async move {
-        loop {
-            let m = reader.recv().await;
-            let end = m.is_err();
-            if tx.send(Box::new(m)).await.is_err() || end {
-                break;
-            }
-        }
-    });
     let mut s = Session {
         ctx,
         group,
@@ -169,8 +160,7 @@ pub async fn serve(
         closing: None,
     };
     s.group.miners.fetch_add(1, Ordering::Relaxed);
-    let reason = s.run(&mut msgs).await;
-    reader_task.abort();
+    let reason = s.run(&mut reader).await;
     if reason.starts_with("protocol violation") {
         tracing::info!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
     } else {
@@ -192,16 +182,22 @@ impl Session {
             .map_err(|e| format!("write failed: {e}"))
     }
 
-    async fn run(&mut self, msgs: &mut mpsc::Receiver<Incoming>) -> String {
-        // SetupConnection first.
-        let setup = match tokio::time::timeout(SETUP_TIMEOUT, msgs.recv())
-            .await
-            .map(|m| m.map(|b| *b))
-        {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return self.violation(&e),
-            Ok(None) => return "closed before SetupConnection".into(),
-            Err(_) => return "no SetupConnection in time".into(),
+    async fn run(&mut self, reader: &mut Sv2Reader) -> String {
+        // Boxed: once per connection, and its timeout's timer would otherwise stay in every
+        // idle connection's task.
+        if let Err(why) = Box::pin(self.setup(reader)).await {
+            return why;
+        }
+        self.serve_channels(reader).await
+    }
+
+    /// Reads and answers SetupConnection; `Err` with the reason to close.
+    async fn setup(&mut self, reader: &mut Sv2Reader) -> Result<(), String> {
+        let setup = match tokio::time::timeout(SETUP_TIMEOUT, reader.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(Sv2Error::Closed)) => return Err("closed before SetupConnection".into()),
+            Ok(Err(e)) => return Err(self.violation(&e)),
+            Err(_) => return Err("no SetupConnection in time".into()),
         };
         match setup {
             Message::SetupConnection {
@@ -230,30 +226,30 @@ impl Session {
                             error_code: code.into(),
                         })
                         .await;
-                    return format!("SetupConnection refused: {code}");
+                    return Err(format!("SetupConnection refused: {code}"));
                 }
                 self.version_rolling = flags & setup_flags::REQUIRES_VERSION_ROLLING != 0;
-                if let Err(e) = self
-                    .send(&Message::SetupConnectionSuccess {
-                        used_version: sv2::PROTOCOL_VERSION,
-                        flags: 0,
-                    })
-                    .await
-                {
-                    return e;
-                }
+                self.send(&Message::SetupConnectionSuccess {
+                    used_version: sv2::PROTOCOL_VERSION,
+                    flags: 0,
+                })
+                .await
             }
             other => {
                 self.ctx
                     .counters
                     .protocol_violations
                     .fetch_add(1, Ordering::Relaxed);
-                return format!(
+                Err(format!(
                     "protocol violation: {} before SetupConnection",
                     other.name()
-                );
+                ))
             }
         }
+    }
+
+    /// Channels, jobs and shares until the connection ends; the reason.
+    async fn serve_channels(&mut self, reader: &mut Sv2Reader) -> String {
         let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = self.group.templates.clone();
         templates.mark_unchanged();
         let idle = self.port.idle_timeout;
@@ -267,13 +263,15 @@ impl Session {
                 return why;
             }
             let r = tokio::select! {
-                m = msgs.recv() => match m.map(|b| *b) {
-                    Some(Ok(m)) => {
+                m = reader.recv() => match m {
+                    Ok(m) => {
                         last_activity = tokio::time::Instant::now();
-                        self.on_message(m).await
+                        // Boxed: the share path's futures (verifier, outbox) would otherwise
+                        // size the task of every idle connection.
+                        Box::pin(self.on_message(m)).await
                     }
-                    Some(Err(Sv2Error::Closed)) | None => return "miner closed the connection".into(),
-                    Some(Err(e)) => return self.violation(&e),
+                    Err(Sv2Error::Closed) => return "miner closed the connection".into(),
+                    Err(e) => return self.violation(&e),
                 },
                 changed = templates.changed(), if !self.channels.is_empty() => {
                     if changed.is_err() {
@@ -508,7 +506,7 @@ impl Session {
         if let Some(d) = difficulty_for(hashrate, p.shares_per_minute, self.group.algorithm) {
             vardiff.suggest(d, now_ms());
         }
-        let ch = Channel {
+        let ch = Box::new(Channel {
             kind,
             identity: Arc::new(identity),
             prefix,
@@ -523,12 +521,12 @@ impl Session {
                 .as_ref()
                 .and_then(|t| t.share_cap()),
             book: JobBook::new(self.ctx.grace_secs, JOBS_KEPT),
-            jobs: VecDeque::new(),
+            jobs: VecDeque::with_capacity(JOBS_KEPT),
             accepted: HashMap::new(),
             current: None,
             resends: 0,
             seen_epoch: 0,
-        };
+        });
         let target = ch.target(self.group.algorithm);
         let reply = match kind {
             Kind::Standard => Message::OpenStandardMiningChannelSuccess {
