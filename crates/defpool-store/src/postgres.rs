@@ -19,7 +19,7 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::migrate::{self, Migration};
-use crate::prepare::{prepare, BlockUpdate, KnownUsers, Prepared, UserRow};
+use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
 use crate::work::parse_decimal;
 use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
@@ -28,7 +28,8 @@ use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    known_users: KnownUsers,
+    known_users: Known,
+    known_workers: Known,
 }
 
 fn get<'r, T>(row: &'r PgRow, i: usize, what: &'static str) -> Result<T, StoreError>
@@ -81,7 +82,8 @@ impl PgStore {
             .map_err(db("connecting to PostgreSQL"))?;
         Ok(PgStore {
             pool,
-            known_users: KnownUsers::default(),
+            known_users: Known::default(),
+            known_workers: Known::default(),
         })
     }
 
@@ -143,7 +145,8 @@ impl PgStore {
             return Ok(outcome);
         }
         let new_users = self.known_users.unknown(&p.users);
-        write_rows(&mut tx, &p, &new_users).await?;
+        let new_workers = self.known_workers.unknown(&p.workers);
+        write_rows(&mut tx, &p, &new_users, &new_workers).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -161,6 +164,7 @@ impl PgStore {
         }
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
+        self.known_workers.remember(&p.workers);
         Ok(ApplyOutcome::Applied(summary))
     }
 
@@ -294,9 +298,14 @@ impl PgStore {
             .await
             .map_err(db("starting a snapshot"))?;
         let rows = sqlx::query(
-            "SELECT user_name, worker, first_seen_ms, last_seen_ms, last_share_ms, \
-             accepted_shares, late_shares, rejected_shares FROM workers \
-             WHERE user_name = $1 ORDER BY worker",
+            "SELECT r.user_name, r.worker, r.first_seen_ms, \
+             COALESCE(MAX(k.last_seen_ms), r.first_seen_ms), MAX(k.last_share_ms), \
+             COALESCE(SUM(k.accepted_shares), 0)::bigint, \
+             COALESCE(SUM(k.late_shares), 0)::bigint, \
+             COALESCE(SUM(k.rejected_shares), 0)::bigint FROM workers r \
+             LEFT JOIN work k ON k.user_name = r.user_name AND k.worker = r.worker \
+             WHERE r.user_name = $1 GROUP BY r.user_name, r.worker, r.first_seen_ms \
+             ORDER BY r.worker",
         )
         .bind(user)
         .fetch_all(&mut *tx)
@@ -1071,9 +1080,14 @@ impl PgStore {
     ) -> Result<(u64, u64, u64), StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
-             (SELECT COUNT(*) FROM workers WHERE last_share_ms >= $1)",
+             (SELECT COUNT(*) FROM (SELECT DISTINCT user_name, worker FROM work \
+              WHERE coin IN (SELECT DISTINCT coin FROM coin_minute WHERE minute_ms >= $2) \
+              AND minute_ms >= $2 AND last_share_ms >= $1) AS active)",
         )
         .bind(crate::clamp_i64(active_since_ms))
+        .bind(crate::clamp_i64(crate::prepare::minute_holding(
+            active_since_ms,
+        )))
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting users and workers"))?;
@@ -1189,43 +1203,43 @@ const WRITE_ROWS: &str = "WITH \
       first_seen_ms = LEAST(users.first_seen_ms, EXCLUDED.first_seen_ms) \
       WHERE (users.payout_address IS NULL AND EXCLUDED.payout_address IS NOT NULL) \
       OR EXCLUDED.first_seen_ms < users.first_seen_ms), \
-    ins_workers AS (INSERT INTO workers (user_name, worker, first_seen_ms, last_seen_ms, \
-      last_share_ms, accepted_shares, late_shares, rejected_shares) \
-      SELECT * FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
-      $9::bigint[], $10::bigint[], $11::bigint[]) \
+    ins_workers AS (INSERT INTO workers (user_name, worker, first_seen_ms) \
+      SELECT * FROM UNNEST($4::text[], $5::text[], $6::bigint[]) \
       ON CONFLICT (user_name, worker) DO UPDATE SET \
-      first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms), \
-      last_seen_ms = GREATEST(workers.last_seen_ms, EXCLUDED.last_seen_ms), \
-      last_share_ms = GREATEST(workers.last_share_ms, EXCLUDED.last_share_ms), \
-      accepted_shares = workers.accepted_shares + EXCLUDED.accepted_shares, \
-      late_shares = workers.late_shares + EXCLUDED.late_shares, \
-      rejected_shares = workers.rejected_shares + EXCLUDED.rejected_shares), \
+      first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms) \
+      WHERE EXCLUDED.first_seen_ms < workers.first_seen_ms), \
     ins_rejects AS (INSERT INTO worker_rejects (user_name, worker, reason, shares) \
-      SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::bigint[]) \
+      SELECT * FROM UNNEST($7::text[], $8::text[], $9::text[], $10::bigint[]) \
       ON CONFLICT (user_name, worker, reason) DO UPDATE SET \
       shares = worker_rejects.shares + EXCLUDED.shares), \
     ins_work AS (INSERT INTO work (user_name, worker, coin, epoch, upstream, minute_ms, work, \
-      accepted_shares, late_shares, rejected_shares, stale_shares) \
-      SELECT u, w, c, e, up, m, wk::numeric, a, l, r, s FROM UNNEST($16::text[], \
-      $17::text[], $18::text[], $19::bigint[], $20::text[], $21::bigint[], $22::text[], \
-      $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[]) \
-      AS t(u, w, c, e, up, m, wk, a, l, r, s) \
+      accepted_shares, late_shares, rejected_shares, stale_shares, first_seen_ms, \
+      last_seen_ms, last_share_ms) \
+      SELECT u, w, c, e, up, m, wk::numeric, a, l, r, s, f, ls, lsh FROM UNNEST($11::text[], \
+      $12::text[], $13::text[], $14::bigint[], $15::text[], $16::bigint[], $17::text[], \
+      $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
+      $23::bigint[], $24::bigint[]) \
+      AS t(u, w, c, e, up, m, wk, a, l, r, s, f, ls, lsh) \
       ON CONFLICT (user_name, worker, coin, epoch, upstream, minute_ms) DO UPDATE SET \
       work = work.work + EXCLUDED.work, \
       accepted_shares = work.accepted_shares + EXCLUDED.accepted_shares, \
       late_shares = work.late_shares + EXCLUDED.late_shares, \
       rejected_shares = work.rejected_shares + EXCLUDED.rejected_shares, \
-      stale_shares = work.stale_shares + EXCLUDED.stale_shares), \
+      stale_shares = work.stale_shares + EXCLUDED.stale_shares, \
+      first_seen_ms = LEAST(work.first_seen_ms, EXCLUDED.first_seen_ms), \
+      last_seen_ms = GREATEST(work.last_seen_ms, EXCLUDED.last_seen_ms), \
+      last_share_ms = GREATEST(work.last_share_ms, EXCLUDED.last_share_ms)), \
     ins_user_minute AS (INSERT INTO user_minute (user_name, minute_ms, coin, work, shares, \
-      rejected_shares, stale_shares) \
-      SELECT u, m, c, wk::numeric, s, r, st FROM UNNEST($27::text[], $28::bigint[], \
-      $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::bigint[]) \
-      AS t(u, m, c, wk, s, r, st) \
+      rejected_shares, stale_shares, last_seen_ms) \
+      SELECT u, m, c, wk::numeric, s, r, st, ls FROM UNNEST($25::text[], $26::bigint[], \
+      $27::text[], $28::text[], $29::bigint[], $30::bigint[], $31::bigint[], $32::bigint[]) \
+      AS t(u, m, c, wk, s, r, st, ls) \
       ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
       work = user_minute.work + EXCLUDED.work, \
       shares = user_minute.shares + EXCLUDED.shares, \
       rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
-      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares) \
+      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares, \
+      last_seen_ms = GREATEST(user_minute.last_seen_ms, EXCLUDED.last_seen_ms)) \
     SELECT 1";
 
 /// The per-coin rollup, apart and last: every batch of a minute updates the same row, so its
@@ -1245,8 +1259,8 @@ async fn write_rows(
     conn: &mut PgConnection,
     p: &Prepared<'_>,
     users: &[UserRow<'_>],
+    workers: &[WorkerRow<'_>],
 ) -> Result<(), StoreError> {
-    let workers = &p.workers;
     let rejects = &p.rejects;
     let work = &p.work;
     let user_minutes = &p.user_minutes;
@@ -1258,11 +1272,6 @@ async fn write_rows(
         .bind(workers.iter().map(|w| w.user).collect::<Vec<_>>())
         .bind(workers.iter().map(|w| w.worker).collect::<Vec<_>>())
         .bind(workers.iter().map(|w| w.first_seen_ms).collect::<Vec<_>>())
-        .bind(workers.iter().map(|w| w.last_seen_ms).collect::<Vec<_>>())
-        .bind(workers.iter().map(|w| w.last_share_ms).collect::<Vec<_>>())
-        .bind(workers.iter().map(|w| w.accepted).collect::<Vec<_>>())
-        .bind(workers.iter().map(|w| w.late).collect::<Vec<_>>())
-        .bind(workers.iter().map(|w| w.rejected).collect::<Vec<_>>())
         .bind(rejects.iter().map(|((u, _, _), _)| *u).collect::<Vec<_>>())
         .bind(rejects.iter().map(|((_, w, _), _)| *w).collect::<Vec<_>>())
         .bind(rejects.iter().map(|((_, _, r), _)| *r).collect::<Vec<_>>())
@@ -1282,6 +1291,17 @@ async fn write_rows(
         .bind(work.iter().map(|(_, r)| r.late).collect::<Vec<_>>())
         .bind(work.iter().map(|(_, r)| r.rejected).collect::<Vec<_>>())
         .bind(work.iter().map(|(_, r)| r.stale).collect::<Vec<_>>())
+        .bind(
+            work.iter()
+                .map(|(_, r)| r.first_seen_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(work.iter().map(|(_, r)| r.last_seen_ms).collect::<Vec<_>>())
+        .bind(
+            work.iter()
+                .map(|(_, r)| r.last_share_ms)
+                .collect::<Vec<_>>(),
+        )
         .bind(
             user_minutes
                 .iter()
@@ -1322,6 +1342,12 @@ async fn write_rows(
             user_minutes
                 .iter()
                 .map(|(_, a)| a.stale)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            user_minutes
+                .iter()
+                .map(|(_, a)| a.last_seen_ms)
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)
@@ -1554,9 +1580,11 @@ async fn audit_in(
     .map_err(db("writing an audit line"))
 }
 
-/// A user, with the last time any of its workers was seen.
+/// A user, with the last time any of its workers was seen: the latest of its newest minute's
+/// rollup rows (one per coin), two index lookups.
 const USER_COLUMNS: &str = "u.user_name, u.payout_address, u.first_seen_ms, \
-    COALESCE((SELECT MAX(w.last_seen_ms) FROM workers w WHERE w.user_name = u.user_name), \
+    COALESCE((SELECT MAX(m.last_seen_ms) FROM user_minute m WHERE m.user_name = u.user_name \
+    AND m.minute_ms = (SELECT MAX(minute_ms) FROM user_minute WHERE user_name = u.user_name)), \
     u.first_seen_ms)";
 
 const BLOCK_COLUMNS: &str = "block_hash, coin, height, phase, reward, adapter, found_by, \

@@ -19,6 +19,8 @@ pub(crate) struct Amounts {
     pub shares: i64,
     pub rejected: i64,
     pub stale: i64,
+    /// The end of the latest period in the row (kept on user rollups: a user's last sighting).
+    pub last_seen_ms: i64,
 }
 
 impl Amounts {
@@ -27,6 +29,7 @@ impl Amounts {
         self.shares = add_count(self.shares, other.shares)?;
         self.rejected = add_count(self.rejected, other.rejected)?;
         self.stale = add_count(self.stale, other.stale)?;
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         Ok(())
     }
 }
@@ -38,16 +41,14 @@ pub(crate) struct UserRow<'a> {
     pub first_seen_ms: i64,
 }
 
+/// A worker's registry row: that it exists, and since when. What changes with every batch
+/// (last sighting, last share, share counts) lives on the work rows, which a batch writes
+/// anyway, so a batch does not rewrite one worker row per record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WorkerRow<'a> {
     pub user: &'a str,
     pub worker: &'a str,
     pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub last_share_ms: Option<i64>,
-    pub accepted: i64,
-    pub late: i64,
-    pub rejected: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,13 +61,18 @@ pub(crate) struct WorkKey<'a> {
     pub minute_ms: i64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WorkRow {
     pub work: u128,
     pub accepted: i64,
     pub late: i64,
     pub rejected: i64,
     pub stale: i64,
+    /// Earliest start and latest end of the row's periods.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Latest end of a period with accepted or late shares.
+    pub last_share_ms: Option<i64>,
 }
 
 /// Everything a batch writes, in key order, borrowing the batch's strings.
@@ -105,6 +111,12 @@ fn add_count(a: i64, b: i64) -> Result<i64, StoreError> {
 pub(crate) fn minute_of(from_ms: u64, to_ms: u64) -> u64 {
     let last = to_ms.saturating_sub(1).max(from_ms);
     last - last % MINUTE_MS
+}
+
+/// The earliest minute a work row can be booked in when its period ends at or after `t`: a
+/// row of an earlier minute holds only periods that ended before `t`.
+pub(crate) fn minute_holding(t: u64) -> u64 {
+    minute_of(t.saturating_sub(1), t.saturating_sub(1))
 }
 
 pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
@@ -171,20 +183,8 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
                         user: &w.user,
                         worker: &w.worker,
                         first_seen_ms: from,
-                        last_seen_ms: to,
-                        last_share_ms: None,
-                        accepted: 0,
-                        late: 0,
-                        rejected: 0,
                     });
                 worker.first_seen_ms = worker.first_seen_ms.min(from);
-                worker.last_seen_ms = worker.last_seen_ms.max(to);
-                if accepted > 0 || late > 0 {
-                    worker.last_share_ms = Some(worker.last_share_ms.map_or(to, |t| t.max(to)));
-                }
-                worker.accepted = add_count(worker.accepted, accepted)?;
-                worker.late = add_count(worker.late, late)?;
-                worker.rejected = add_count(worker.rejected, rejected)?;
 
                 let row = work
                     .entry(WorkKey {
@@ -195,7 +195,21 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
                         upstream: &w.upstream,
                         minute_ms: minute,
                     })
-                    .or_default();
+                    .or_insert_with(|| WorkRow {
+                        work: 0,
+                        accepted: 0,
+                        late: 0,
+                        rejected: 0,
+                        stale: 0,
+                        first_seen_ms: from,
+                        last_seen_ms: to,
+                        last_share_ms: None,
+                    });
+                row.first_seen_ms = row.first_seen_ms.min(from);
+                row.last_seen_ms = row.last_seen_ms.max(to);
+                if accepted > 0 || late > 0 {
+                    row.last_share_ms = Some(row.last_share_ms.map_or(to, |t| t.max(to)));
+                }
                 row.work = add_work(row.work, credited, "a batch's work row")?;
                 row.accepted = add_count(row.accepted, accepted)?;
                 row.late = add_count(row.late, late)?;
@@ -207,6 +221,7 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
                     shares: add_count(accepted, late)?,
                     rejected,
                     stale,
+                    last_seen_ms: to,
                 };
                 user_minutes
                     .entry((&w.user, minute, coin))
@@ -229,54 +244,85 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
     Ok(p)
 }
 
-/// What committed batches told this process about each user: a payout address is stored,
-/// and the earliest first-seen time stored. Both only ever move one way in the database (the
-/// address is set once, first-seen only goes down), so a remembered fact stays true across
-/// restarts and other writers; a user row that would change nothing is not written again.
+/// A row of a registry table (users, workers) as a batch has it.
+pub(crate) trait RegistryRow {
+    /// The row's key, as remembered.
+    fn key(&self) -> String;
+    /// Whether the row stores a payout address (workers have none to learn: always true).
+    fn has_payout(&self) -> bool;
+    fn first_seen_ms(&self) -> i64;
+}
+
+impl RegistryRow for UserRow<'_> {
+    fn key(&self) -> String {
+        self.user.to_string()
+    }
+    fn has_payout(&self) -> bool {
+        self.payout_address.is_some()
+    }
+    fn first_seen_ms(&self) -> i64 {
+        self.first_seen_ms
+    }
+}
+
+impl RegistryRow for WorkerRow<'_> {
+    fn key(&self) -> String {
+        // No user name holds a NUL (addresses and account names are checked by the proxy).
+        format!("{}\0{}", self.user, self.worker)
+    }
+    fn has_payout(&self) -> bool {
+        true
+    }
+    fn first_seen_ms(&self) -> i64 {
+        self.first_seen_ms
+    }
+}
+
+/// What committed batches told this process about each user (or worker): a payout address is
+/// stored, and the earliest first-seen time stored. Both only ever move one way in the
+/// database (the address is set once, first-seen only goes down), so a remembered fact stays
+/// true across restarts and other writers; a registry row that would change nothing is not
+/// written again.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct KnownUsers {
-    inner: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KnownUser>>>,
+pub(crate) struct Known {
+    inner: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KnownFacts>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct KnownUser {
+struct KnownFacts {
     has_payout: bool,
     first_seen_ms: i64,
 }
 
-/// Beyond this many users the memory is dropped and rebuilt from later batches.
-const KNOWN_USERS_MAX: usize = 1_000_000;
+/// Beyond this many keys the memory is dropped and rebuilt from later batches.
+const KNOWN_MAX: usize = 1_000_000;
 
-impl KnownUsers {
-    /// The rows of `users` that may change the stored user.
-    pub(crate) fn unknown<'a>(&self, users: &[UserRow<'a>]) -> Vec<UserRow<'a>> {
+impl Known {
+    /// The rows that may change the stored row.
+    pub(crate) fn unknown<R: RegistryRow + Clone>(&self, rows: &[R]) -> Vec<R> {
         let known = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        users
-            .iter()
-            .filter(|u| match known.get(u.user) {
+        rows.iter()
+            .filter(|r| match known.get(&r.key()) {
                 None => true,
-                Some(k) => {
-                    (u.payout_address.is_some() && !k.has_payout)
-                        || u.first_seen_ms < k.first_seen_ms
-                }
+                Some(k) => (r.has_payout() && !k.has_payout) || r.first_seen_ms() < k.first_seen_ms,
             })
             .cloned()
             .collect()
     }
 
-    /// After a commit: every row of `users` is now stored (merged into the stored user).
-    pub(crate) fn remember(&self, users: &[UserRow<'_>]) {
+    /// After a commit: every row of `rows` is now stored (merged into the stored row).
+    pub(crate) fn remember<R: RegistryRow>(&self, rows: &[R]) {
         let mut known = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() + users.len() > KNOWN_USERS_MAX {
+        if known.len() + rows.len() > KNOWN_MAX {
             known.clear();
         }
-        for u in users {
-            let k = known.entry(u.user.to_string()).or_insert(KnownUser {
+        for r in rows {
+            let k = known.entry(r.key()).or_insert(KnownFacts {
                 has_payout: false,
-                first_seen_ms: u.first_seen_ms,
+                first_seen_ms: r.first_seen_ms(),
             });
-            k.has_payout |= u.payout_address.is_some();
-            k.first_seen_ms = k.first_seen_ms.min(u.first_seen_ms);
+            k.has_payout |= r.has_payout();
+            k.first_seen_ms = k.first_seen_ms.min(r.first_seen_ms());
         }
     }
 }
@@ -475,7 +521,7 @@ mod tests {
             payout_address: payout,
             first_seen_ms,
         };
-        let known = KnownUsers::default();
+        let known = Known::default();
         let first = [row("a", None, 100), row("b", Some("bc1qb"), 100)];
         assert_eq!(known.unknown(&first).len(), 2);
         known.remember(&first);
@@ -491,10 +537,71 @@ mod tests {
     }
 
     #[test]
+    fn known_workers_are_written_once_unless_seen_earlier() {
+        let row = |worker, first_seen_ms| WorkerRow {
+            user: "a",
+            worker,
+            first_seen_ms,
+        };
+        let known = Known::default();
+        let first = [row("rig1", 100), row("rig2", 100)];
+        assert_eq!(known.unknown(&first).len(), 2);
+        known.remember(&first);
+        assert!(known.unknown(&[row("rig1", 500)]).is_empty());
+        assert_eq!(known.unknown(&[row("rig1", 99)]).len(), 1);
+        assert_eq!(known.unknown(&[row("rig3", 500)]).len(), 1);
+    }
+
+    #[test]
+    fn work_rows_keep_first_last_and_last_share() {
+        let w1 = defpool_control::WorkRecord {
+            user: "u".into(),
+            worker: "rig".into(),
+            coin: Ticker::try_from("LTC".to_string()).unwrap(),
+            epoch: 1,
+            upstream: "up".into(),
+            accepted_work: 10,
+            accepted_shares: 1,
+            late_work: 0,
+            late_shares: 0,
+            rejected: Default::default(),
+            from_ms: 60_000,
+            to_ms: 70_000,
+        };
+        let mut w2 = w1.clone();
+        w2.from_ms = 65_000;
+        w2.to_ms = 80_000;
+        w2.accepted_shares = 0;
+        w2.accepted_work = 0;
+        w2.rejected.insert("stale-share".into(), 1);
+        let b = Batch {
+            proxy_id: defpool_control::ProxyId("p".into()),
+            sequence: 1,
+            created_at_ms: 0,
+            records: vec![Record::Work(w1), Record::Work(w2)],
+        };
+        let p = prepare(&b).unwrap();
+        assert_eq!(p.work.len(), 1);
+        let row = &p.work[0].1;
+        assert_eq!((row.first_seen_ms, row.last_seen_ms), (60_000, 80_000));
+        assert_eq!(
+            row.last_share_ms,
+            Some(70_000),
+            "rejects-only period: no share time"
+        );
+        assert_eq!(p.workers[0].first_seen_ms, 60_000);
+        assert_eq!(p.user_minutes[0].1.last_seen_ms, 80_000);
+    }
+
+    #[test]
     fn minutes() {
         assert_eq!(minute_of(0, 1), 0);
         assert_eq!(minute_of(0, 60_000), 0);
         assert_eq!(minute_of(0, 60_001), 60_000);
         assert_eq!(minute_of(119_999, 119_999), 60_000);
+        // A period ending exactly at t = 60,000 is booked in minute 0.
+        assert_eq!(minute_holding(60_000), 0);
+        assert_eq!(minute_holding(60_001), 60_000);
+        assert_eq!(minute_holding(0), 0);
     }
 }

@@ -18,7 +18,7 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::migrate::{self, Migration};
-use crate::prepare::{prepare, BlockUpdate, KnownUsers, Prepared, UserRow};
+use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
 use crate::work::{from_limb_sums, limbs};
 use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
@@ -30,7 +30,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    known_users: KnownUsers,
+    known_users: Known,
+    known_workers: Known,
 }
 
 /// `SUM` of the four limbs of a table's work, as columns.
@@ -131,7 +132,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
-            known_users: KnownUsers::default(),
+            known_users: Known::default(),
+            known_workers: Known::default(),
         })
     }
 
@@ -196,7 +198,8 @@ impl SqliteStore {
             }
         }
         let new_users = self.known_users.unknown(&p.users);
-        write_rows(&mut tx, &p, &new_users).await?;
+        let new_workers = self.known_workers.unknown(&p.workers);
+        write_rows(&mut tx, &p, &new_users, &new_workers).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -214,6 +217,7 @@ impl SqliteStore {
         }
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
+        self.known_workers.remember(&p.workers);
         Ok(ApplyOutcome::Applied(summary))
     }
 
@@ -343,9 +347,12 @@ impl SqliteStore {
     pub(crate) async fn workers(&self, user: &str) -> Result<Vec<WorkerInfo>, StoreError> {
         let mut tx = self.reader.begin().await.map_err(db("beginning a read"))?;
         let rows = sqlx::query(
-            "SELECT user_name, worker, first_seen_ms, last_seen_ms, last_share_ms, \
-             accepted_shares, late_shares, rejected_shares FROM workers \
-             WHERE user_name = $1 ORDER BY worker",
+            "SELECT r.user_name, r.worker, r.first_seen_ms, \
+             COALESCE(MAX(k.last_seen_ms), r.first_seen_ms), MAX(k.last_share_ms), \
+             COALESCE(SUM(k.accepted_shares), 0), COALESCE(SUM(k.late_shares), 0), \
+             COALESCE(SUM(k.rejected_shares), 0) FROM workers r \
+             LEFT JOIN work k ON k.user_name = r.user_name AND k.worker = r.worker \
+             WHERE r.user_name = $1 GROUP BY r.worker ORDER BY r.worker",
         )
         .bind(user)
         .fetch_all(&mut *tx)
@@ -1068,9 +1075,14 @@ impl SqliteStore {
     ) -> Result<(u64, u64, u64), StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
-             (SELECT COUNT(*) FROM workers WHERE last_share_ms >= $1)",
+             (SELECT COUNT(*) FROM (SELECT DISTINCT user_name, worker FROM work \
+              WHERE coin IN (SELECT DISTINCT coin FROM coin_minute WHERE minute_ms >= $2) \
+              AND minute_ms >= $2 AND last_share_ms >= $1))",
         )
         .bind(crate::clamp_i64(active_since_ms))
+        .bind(crate::clamp_i64(crate::prepare::minute_holding(
+            active_since_ms,
+        )))
         .fetch_one(&self.reader)
         .await
         .map_err(db("counting users and workers"))?;
@@ -1217,6 +1229,7 @@ async fn write_rows(
     conn: &mut SqliteConnection,
     p: &Prepared<'_>,
     users: &[UserRow<'_>],
+    workers: &[WorkerRow<'_>],
 ) -> Result<(), StoreError> {
     insert_values(
         conn,
@@ -1235,29 +1248,13 @@ async fn write_rows(
     .await?;
     insert_values(
         conn,
-        "INSERT INTO workers (user_name, worker, first_seen_ms, last_seen_ms, last_share_ms, \
-         accepted_shares, late_shares, rejected_shares)",
-        8,
+        "INSERT INTO workers (user_name, worker, first_seen_ms)",
+        3,
         "ON CONFLICT (user_name, worker) DO UPDATE SET \
-         first_seen_ms = min(workers.first_seen_ms, excluded.first_seen_ms), \
-         last_seen_ms = max(workers.last_seen_ms, excluded.last_seen_ms), \
-         last_share_ms = CASE WHEN excluded.last_share_ms IS NULL THEN workers.last_share_ms \
-           WHEN workers.last_share_ms IS NULL THEN excluded.last_share_ms \
-           ELSE max(workers.last_share_ms, excluded.last_share_ms) END, \
-         accepted_shares = workers.accepted_shares + excluded.accepted_shares, \
-         late_shares = workers.late_shares + excluded.late_shares, \
-         rejected_shares = workers.rejected_shares + excluded.rejected_shares",
-        &p.workers,
-        |q, w| {
-            q.bind(w.user)
-                .bind(w.worker)
-                .bind(w.first_seen_ms)
-                .bind(w.last_seen_ms)
-                .bind(w.last_share_ms)
-                .bind(w.accepted)
-                .bind(w.late)
-                .bind(w.rejected)
-        },
+         first_seen_ms = min(workers.first_seen_ms, excluded.first_seen_ms) \
+         WHERE excluded.first_seen_ms < workers.first_seen_ms",
+        workers,
+        |q, w| q.bind(w.user).bind(w.worker).bind(w.first_seen_ms),
         "writing workers",
     )
     .await?;
@@ -1277,15 +1274,19 @@ async fn write_rows(
          {}, accepted_shares = work.accepted_shares + excluded.accepted_shares, \
          late_shares = work.late_shares + excluded.late_shares, \
          rejected_shares = work.rejected_shares + excluded.rejected_shares, \
-         stale_shares = work.stale_shares + excluded.stale_shares",
+         stale_shares = work.stale_shares + excluded.stale_shares, \
+         first_seen_ms = min(work.first_seen_ms, excluded.first_seen_ms), \
+         last_seen_ms = max(work.last_seen_ms, excluded.last_seen_ms), \
+         last_share_ms = COALESCE(max(work.last_share_ms, excluded.last_share_ms), \
+           work.last_share_ms, excluded.last_share_ms)",
         add_limbs("work")
     );
     insert_values(
         conn,
         "INSERT INTO work (user_name, worker, coin, epoch, upstream, minute_ms, \
          work0, work1, work2, work3, accepted_shares, late_shares, rejected_shares, \
-         stale_shares)",
-        14,
+         stale_shares, first_seen_ms, last_seen_ms, last_share_ms)",
+        17,
         &work_tail,
         &p.work,
         |q, (k, r)| {
@@ -1304,6 +1305,9 @@ async fn write_rows(
                 .bind(r.late)
                 .bind(r.rejected)
                 .bind(r.stale)
+                .bind(r.first_seen_ms)
+                .bind(r.last_seen_ms)
+                .bind(r.last_share_ms)
         },
         "writing work",
     )
@@ -1312,14 +1316,15 @@ async fn write_rows(
         "ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET {}, \
          shares = user_minute.shares + excluded.shares, \
          rejected_shares = user_minute.rejected_shares + excluded.rejected_shares, \
-         stale_shares = user_minute.stale_shares + excluded.stale_shares",
+         stale_shares = user_minute.stale_shares + excluded.stale_shares, \
+         last_seen_ms = max(user_minute.last_seen_ms, excluded.last_seen_ms)",
         add_limbs("user_minute")
     );
     insert_values(
         conn,
         "INSERT INTO user_minute (user_name, minute_ms, coin, work0, work1, work2, work3, \
-         shares, rejected_shares, stale_shares)",
-        10,
+         shares, rejected_shares, stale_shares, last_seen_ms)",
+        11,
         &user_tail,
         &p.user_minutes,
         |q, ((u, m, c), a)| {
@@ -1334,6 +1339,7 @@ async fn write_rows(
                 .bind(a.shares)
                 .bind(a.rejected)
                 .bind(a.stale)
+                .bind(a.last_seen_ms)
         },
         "writing user rollups",
     )
@@ -1546,9 +1552,11 @@ async fn audit_in(
     .map_err(db("writing an audit line"))
 }
 
-/// A user, with the last time any of its workers was seen.
+/// A user, with the last time any of its workers was seen: the latest of its newest minute's
+/// rollup rows (one per coin), two index lookups.
 const USER_COLUMNS: &str = "u.user_name, u.payout_address, u.first_seen_ms, \
-    COALESCE((SELECT MAX(w.last_seen_ms) FROM workers w WHERE w.user_name = u.user_name), \
+    COALESCE((SELECT MAX(m.last_seen_ms) FROM user_minute m WHERE m.user_name = u.user_name \
+    AND m.minute_ms = (SELECT MAX(minute_ms) FROM user_minute WHERE user_name = u.user_name)), \
     u.first_seen_ms)";
 
 const BLOCK_COLUMNS: &str = "block_hash, coin, height, phase, reward, adapter, found_by, \

@@ -274,7 +274,7 @@ async fn migrations_are_idempotent(db: &TestDb) {
     // The harness migrated once already.
     let again = s.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.version, 1);
+    assert_eq!(again.version, 2);
     // A second handle on the same database (a restarted server) finds nothing to do either.
     let other = Store::connect(&db.url).await.unwrap();
     assert!(other.migrate().await.unwrap().applied.is_empty());
@@ -1535,6 +1535,65 @@ async fn futures_are_send(db: &TestDb) {
     })
     .await
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades
+// ---------------------------------------------------------------------------------------------
+
+/// A database written by schema 1 (worker counters on `workers`) keeps every worker figure and
+/// each user's last sighting through migration 2, which moves them onto the work rows.
+#[tokio::test]
+async fn worker_figures_survive_the_move_to_work_rows() {
+    use sha2::Digest;
+    let path = std::env::temp_dir().join(format!(
+        "defpool-store-upgrade-{}-{}.db",
+        std::process::id(),
+        next_n()
+    ));
+    remove_sqlite(&path);
+    let url = format!("sqlite:{}?mode=rwc", path.display());
+    let schema1 = include_str!("../migrations/sqlite/0001_initial.sql");
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::Executor::execute(&mut c, schema1).await.unwrap();
+    sqlx::Executor::execute(
+        &mut c,
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+         checksum TEXT NOT NULL, applied_at_ms INTEGER NOT NULL);
+         INSERT INTO users VALUES ('alice', 'bc1qalice', 1000);
+         INSERT INTO workers VALUES ('alice', 'rig1', 1000, 125000, 110000, 5, 1, 2);
+         INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 60000, 7, 0, 0, 0, 3, 1, 2, 1);
+         INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 120000, 9, 0, 0, 0, 2, 0, 0, 0);
+         INSERT INTO user_minute VALUES ('alice', 'LTC', 60000, 7, 0, 0, 0, 4, 2, 1);
+         INSERT INTO user_minute VALUES ('alice', 'LTC', 120000, 9, 0, 0, 0, 2, 0, 0);",
+    )
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO schema_migrations VALUES (1, 'initial', $1, 0)")
+        .bind(hex::encode(sha2::Sha256::digest(schema1.as_bytes())))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+
+    let s = Store::connect(&url).await.unwrap();
+    assert_eq!(s.migrate().await.unwrap().applied, vec![2]);
+    let w = &s.workers("alice").await.unwrap()[0];
+    assert_eq!(
+        (w.first_seen_ms, w.last_seen_ms, w.last_share_ms),
+        (1000, 125_000, Some(110_000))
+    );
+    assert_eq!(
+        (w.accepted_shares, w.late_shares, w.rejected_shares),
+        (5, 1, 2)
+    );
+    assert_eq!(
+        s.user("alice").await.unwrap().unwrap().last_seen_ms,
+        125_000
+    );
+    assert_eq!(s.total_work().await.unwrap(), 16);
+    s.close().await;
+    remove_sqlite(&path);
 }
 
 // ---------------------------------------------------------------------------------------------

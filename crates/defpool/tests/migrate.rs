@@ -49,14 +49,15 @@ fn config(dir: &Path, database_url: &str) -> PathBuf {
     file
 }
 
-/// Asserts the first run applied migration 1 and the second applied nothing, then that the
+/// Asserts the first run applied every migration and the second applied nothing, then that the
 /// store itself finds nothing left to apply.
 fn check_idempotent(args: &[&str], url: &str) {
     let first = defpool(args);
     let (out, err) = text(&first);
     assert!(first.status.success(), "first run: {out}\n{err}");
     assert!(
-        out.contains("applied migration 1 (initial)"),
+        out.contains("applied migration 1 (initial)")
+            && out.contains("applied migration 2 (worker facts on work rows)"),
         "first run: {out}"
     );
     let second = defpool(args);
