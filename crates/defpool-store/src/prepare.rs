@@ -2,7 +2,7 @@
 //! added up, every number checked to fit its column, keys sorted (so concurrent transactions
 //! lock rows in the same order).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use defpool_control::{Batch, Event, Record};
 use defpool_core::Ticker;
@@ -51,7 +51,7 @@ pub(crate) struct WorkerRow<'a> {
     pub first_seen_ms: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct WorkKey<'a> {
     pub user: &'a str,
     pub worker: &'a str,
@@ -120,12 +120,14 @@ pub(crate) fn minute_holding(t: u64) -> u64 {
 }
 
 pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
-    let mut users: BTreeMap<&str, UserRow> = BTreeMap::new();
-    let mut workers: BTreeMap<(&str, &str), WorkerRow> = BTreeMap::new();
-    let mut rejects: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
-    let mut work: BTreeMap<WorkKey, WorkRow> = BTreeMap::new();
-    let mut user_minutes: BTreeMap<(&str, i64, &str), Amounts> = BTreeMap::new();
-    let mut coin_minutes: BTreeMap<(&str, i64), Amounts> = BTreeMap::new();
+    let mut users: HashMap<&str, UserRow> = HashMap::with_capacity(batch.records.len());
+    let mut workers: HashMap<(&str, &str), WorkerRow> = HashMap::with_capacity(batch.records.len());
+    let mut rejects: HashMap<(&str, &str, &str), i64> = HashMap::with_capacity(batch.records.len());
+    let mut work: HashMap<WorkKey, WorkRow> = HashMap::with_capacity(batch.records.len());
+    let mut user_minutes: HashMap<(&str, i64, &str), Amounts> =
+        HashMap::with_capacity(batch.records.len());
+    let mut coin_minutes: HashMap<(&str, i64), Amounts> =
+        HashMap::with_capacity(batch.records.len());
     let mut p = Prepared {
         proxy_id: &batch.proxy_id.0,
         sequence: to_i64("batch sequence", batch.sequence)?,
@@ -235,13 +237,20 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
             Record::Event(e) => check_event(e)?,
         }
     }
-    p.users = users.into_values().collect();
-    p.workers = workers.into_values().collect();
-    p.rejects = rejects.into_iter().collect();
-    p.work = work.into_iter().collect();
-    p.user_minutes = user_minutes.into_iter().collect();
-    p.coin_minutes = coin_minutes.into_iter().collect();
+    // Gathered in hash maps (a batch's thousands of keys), then put in key order.
+    p.users = sorted(users).into_iter().map(|(_, v)| v).collect();
+    p.workers = sorted(workers).into_iter().map(|(_, v)| v).collect();
+    p.rejects = sorted(rejects);
+    p.work = sorted(work);
+    p.user_minutes = sorted(user_minutes);
+    p.coin_minutes = sorted(coin_minutes);
     Ok(p)
+}
+
+fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
+    let mut rows: Vec<(K, V)> = map.into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
 }
 
 /// A row of a registry table (users, workers) as a batch has it.

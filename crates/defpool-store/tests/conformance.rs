@@ -414,6 +414,41 @@ async fn concurrent_copies_of_a_batch_apply_once(db: &TestDb) {
         s.total_work().await.unwrap(),
         3 * 50 * (1u128 << 70) + 4 * 5 * 40 * 3
     );
+
+    // Refused batches (a gap, a duplicate) among concurrent ones, which SQLite applies as one
+    // group: each refused one changes nothing, the others are applied.
+    let before = s.total_work().await.unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|p| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let px = format!("r{p}");
+                let records = |seq: u64| {
+                    works(
+                        (0..10)
+                            .map(|i| work(&format!("u{i}"), &px, "LTC", 20 + seq, 5))
+                            .collect(),
+                    )
+                };
+                applied(s.apply_batch(&batch(&px, 1, records(1))).await.unwrap());
+                let gap = s.apply_batch(&batch(&px, 3, records(3))).await.unwrap();
+                assert!(matches!(gap, ApplyOutcome::Gap { .. }), "{gap:?}");
+                applied(s.apply_batch(&batch(&px, 2, records(2))).await.unwrap());
+                let again = s.apply_batch(&batch(&px, 1, records(1))).await.unwrap();
+                assert!(
+                    matches!(again, ApplyOutcome::Duplicate { last_sequence: 2 }),
+                    "{again:?}"
+                );
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(s.total_work().await.unwrap(), before + 6 * 2 * 10 * 5);
+    for p in 0..6 {
+        assert_eq!(s.last_sequence(&proxy(&format!("r{p}"))).await.unwrap(), 2);
+    }
 }
 
 async fn bad_batches_change_nothing(db: &TestDb) {
