@@ -128,9 +128,10 @@ impl Store {
 
     /// Applies a proxy's (or adapter's) batch exactly once: only if its sequence is the one
     /// after the last applied for that proxy. In one transaction: the sequence, users (first
-    /// seen), workers (last share, shares, rejects by reason), work per user/worker/coin/
-    /// epoch/upstream/minute, the minute rollups, and the events (blocks merged by hash with
-    /// their history, upstream health, switch timings). A batch applied before is
+    /// seen), workers (registered once; their last share and share counts live on the work
+    /// rows), rejects by reason, work per user/worker/coin/epoch/upstream/minute, the minute
+    /// rollups, and the events (blocks merged by hash with their history, upstream health,
+    /// switch timings). A batch applied before is
     /// [`ApplyOutcome::Duplicate`] (acknowledge it again); one after a missing batch is
     /// [`ApplyOutcome::Gap`]. Concurrent calls with the same batch apply it once.
     pub async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome, StoreError> {
