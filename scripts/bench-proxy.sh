@@ -29,6 +29,8 @@
 #   BENCH_BIN=PATH       benchmark this defpool binary (e.g. a build of an earlier commit, for a
 #                        before/after comparison in one session); implies BENCH_NO_BUILD=1.
 #                        Name the file `defpool`: the proxy process is found by that name.
+#   BENCH_LOADGEN_BIN=PATH  run the pools and miners from this binary instead (the same loadgen
+#                        for both sides of a before/after comparison of the proxy)
 #   BENCH_NICE=N         niceness of the benchmarked processes (default -10 as root, else 0),
 #                        so that concurrent builds on the machine take less of their CPU
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
@@ -44,6 +46,7 @@ mkdir -p "$OUT"
 PHASES=${BENCH_PHASES:-"switch-sv1 switch-sv2 stale throughput scrypt rss handshake"}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=${BENCH_BIN:-$TARGET_DIR/release/defpool}
+LOADGEN_BIN=${BENCH_LOADGEN_BIN:-$BIN}
 
 # Test identity (regtest; users are paid in BTC, scrypt miners too) and SV2 keys, as in the
 # proxy's end-to-end tests.
@@ -123,7 +126,7 @@ pool() {
   POOL_PORT=$(free_port)
   # nBits of difficulty 1 instead of regtest's: no share at these test difficulties is a block
   # candidate, so the pool's share difficulty alone decides what the proxy forwards.
-  LOADGEN_POOL_NBITS=1d00ffff "${RUN[@]}" timeout -s TERM 900 "$BIN" loadgen pool \
+  LOADGEN_POOL_NBITS=1d00ffff "${RUN[@]}" timeout -s TERM 900 "$LOADGEN_BIN" loadgen pool \
     --listen "127.0.0.1:$POOL_PORT" --protocol sv2 --coin "$coin" --algorithm "$alg" --difficulty "$diff" --job-interval-ms "$job_ms" \
     --authority-public-key "$PUB" --authority-secret-key "$SEC" \
     >"$PHASE_DIR/pool-$name.json" 2>"$PHASE_DIR/pool-$name.log" &
@@ -264,7 +267,7 @@ stop_all() {
 miners_bg() {
   local name=$1
   shift
-  DEFPOOL_ADMIN_TOKEN=$TOKEN "${RUN[@]}" "$BIN" loadgen miners --report "$PHASE_DIR/$name.json" --progress "$@" \
+  DEFPOOL_ADMIN_TOKEN=$TOKEN "${RUN[@]}" "$LOADGEN_BIN" loadgen miners --report "$PHASE_DIR/$name.json" --progress "$@" \
     >/dev/null 2>"$PHASE_DIR/$name.log" &
   LOADGEN_PID=$!
   PIDS+=("$LOADGEN_PID")
@@ -422,7 +425,7 @@ phase_throughput() {
   [ "$kind" != sv1 ] && { port=$SV2_PORT; extra=(--authority-public-key "$PUB"); }
   miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
     --username "$ADDRESS" --password d=0.000000001 --shares-per-sec 20000 --duration 28 \
-    --connect-rate 1000 \
+    --connect-rate 1000 $(latency_after 4) \
     "${extra[@]}"
   perf_window 6 5
   sleep 4
@@ -437,8 +440,22 @@ phase_throughput() {
   note "throughput $kind: $(jq -r '"\(.miners) miners, \(.shares_accepted) accepted over \(.elapsed_secs|round) s, \(.shares_rejected) rejected \(.rejects_by_reason|tojson), \(.shares_unanswered) unanswered, \(.disconnects) disconnects"' "$r")"
   note "  steady 20 s window: $(calc "($a1 - $a0) / $W_SECS" 0) shares/s accepted by the proxy, $(calc "($c1 - $c0) / $W_SECS" 0) outbox commits/s"
   note "  latency (whole run): $(jq -r '"p50 \(.latency_us_p50/10|round/100) ms, p99 \(.latency_us_p99/10|round/100) ms, max \(.latency_us_max/10|round/100) ms"' "$r")"
+  steady_latency_note "$r"
   note "  CPU in the window: $W_LOAD; proxy $(calc "$W_PROXY / $HZ * 1000000 / ($a1 - $a0)" 1) us per share"
   note "  forwarded to the pool: $(jq -r '"\(.shares_accepted) accepted, \(.shares_rejected) rejected"' "$PHASE_DIR/pool-btc.json")"
+}
+
+# latency_after S: the loadgen option for a steady-window latency (shares sent after S seconds of
+# its run; here the start of the measured window), if this loadgen has it.
+latency_after() {
+  if "$LOADGEN_BIN" loadgen miners --help 2>/dev/null | grep -q -- --latency-after; then
+    echo "--latency-after $1"
+  fi
+}
+
+steady_latency_note() {
+  jq -e .steady_latency "$1" >/dev/null 2>&1 || return 0
+  note "  latency (steady, shares sent from $(jq -r .steady_latency.after_secs "$1") s on): $(jq -r '.steady_latency | "p50 \(.latency_us_p50/10|round/100) ms, p99 \(.latency_us_p99/10|round/100) ms, max \(.latency_us_max/10|round/100) ms over \(.shares) shares"' "$1")"
 }
 
 # scrypt: proxy CPU per share against the raw scrypt rate of `cargo bench` (same run, same machine).
@@ -458,7 +475,7 @@ phase_scrypt() {
   [ -n "$raw_us" ] || { echo "could not read the scrypt median from cargo bench" >&2; exit 1; }
   start_proxy 0.000001 0.002 5000
   miners_bg report --url "127.0.0.1:$SCRYPT_PORT" --kind sv1 --algorithm scrypt --count $n \
-    --username "$ADDRESS" --password d=0.00002 --shares-per-sec 2000 --duration 26
+    --username "$ADDRESS" --password d=0.00002 --shares-per-sec 2000 --duration 26 $(latency_after 4)
   perf_window 6 5
   sleep 4
   a0=$(proxy_accepted)
@@ -475,6 +492,7 @@ phase_scrypt() {
   note "  proxy: $rate shares/s accepted over $(fmt "$W_SECS" 0) s, proxy CPU $W_PROXY_PCT % of a core = $per_share_us us per share = $(calc "1000000 / $per_share_us" 0) shares per proxy CPU-second"
   note "  => $(calc "100 * $raw_us / $per_share_us" 1) % of the raw scrypt rate per CPU-second; CPU in the window: $W_LOAD"
   note "  loadgen: $(jq -r '"\(.shares_accepted) accepted, \(.shares_rejected) rejected \(.rejects_by_reason|tojson), latency p50 \(.latency_us_p50/10|round/100) ms p99 \(.latency_us_p99/10|round/100) ms"' "$r"); pool: $(jq -r '"\(.shares_accepted) forwarded and accepted"' "$PHASE_DIR/pool-ltc.json")"
+  steady_latency_note "$r"
 }
 
 # Proxy VmRSS with 0 and N idle miners (authorized / channel open, receiving a job a second).

@@ -137,6 +137,9 @@ pub struct MinersOptions {
     pub nominal_hash_rate: f32,
     /// SV2 extended channels: the extranonce bytes the miner asks to roll.
     pub min_extranonce_size: u16,
+    /// Also report the latency of the shares sent at or after this long from the start (the
+    /// steady state, without the connect ramp); `None` reports the whole run only.
+    pub latency_after: Option<Duration>,
 }
 
 impl MinersOptions {
@@ -159,6 +162,7 @@ impl MinersOptions {
             target_shares_per_sec: None,
             nominal_hash_rate: 0.0,
             min_extranonce_size: 4,
+            latency_after: None,
         }
     }
 }
@@ -232,9 +236,24 @@ pub struct MinersReport {
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
     pub latency_us_max: u64,
+    /// The same for the shares sent at or after [`MinersOptions::latency_after`] (absent
+    /// without it): the steady-state latency, which the connect ramp does not skew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_latency: Option<SteadyLatency>,
     pub switch: Option<SwitchReport>,
     /// Left to the caller, which can see the server's memory.
     pub idle_rss_bytes_per_miner: Option<u64>,
+}
+
+/// Submit → reply latency of the answered shares sent from `after_secs` on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SteadyLatency {
+    pub after_secs: f64,
+    /// Answered shares counted.
+    pub shares: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_max: u64,
 }
 
 /// Protocol a test pool serves.

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use crate::search::{Found, Search, Work};
 use crate::{
     percentile, raise_fd_limit, require_loopback, LoadgenError, MinerKind, MinersOptions,
-    MinersReport, SwitchPlan, SwitchReport, SWITCH_WINDOW, UNTAGGED,
+    MinersReport, SteadyLatency, SwitchPlan, SwitchReport, SWITCH_WINDOW, UNTAGGED,
 };
 
 /// The version bits a rolling miner asks for (BIP320's general-purpose bits).
@@ -152,6 +152,8 @@ pub(crate) struct MinerStats {
     pub rejects: BTreeMap<String, u64>,
     pub work: BTreeMap<Arc<str>, u128>,
     pub latencies_us: Vec<u32>,
+    /// Latencies of the shares sent at or after `latency_after`.
+    pub steady_latencies_us: Vec<u32>,
     pub switch_ms: Option<f64>,
     pub stale_in_window: u64,
     pub shares_in_window: u64,
@@ -203,8 +205,7 @@ impl MinerStats {
 
     pub fn accepted(&mut self, ctx: &Ctx, share: InFlight) {
         self.accepted += 1;
-        let us = share.sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        self.latencies_us.push(us);
+        self.answered(ctx, &share);
         let coin = share.coin.unwrap_or_else(|| Arc::from(UNTAGGED));
         *self.work.entry(coin).or_default() += share.work;
         ctx.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -213,14 +214,27 @@ impl MinerStats {
 
     pub fn rejected(&mut self, ctx: &Ctx, share: InFlight, reason: String, stale: bool) {
         self.rejected += 1;
-        let us = share.sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        self.latencies_us.push(us);
+        self.answered(ctx, &share);
         if stale && share.in_window {
             self.stale_in_window += 1;
         }
         *self.rejects.entry(reason).or_default() += 1;
         ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
         ctx.settle(1);
+    }
+
+    /// Records the share's submit → reply latency, in the steady window too if it was sent in
+    /// it.
+    fn answered(&mut self, ctx: &Ctx, share: &InFlight) {
+        let us = share.sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.latencies_us.push(us);
+        if ctx
+            .opts
+            .latency_after
+            .is_some_and(|after| share.sent >= ctx.start + after)
+        {
+            self.steady_latencies_us.push(us);
+        }
     }
 
     pub fn lost(&mut self, ctx: &Ctx, n: usize) {
@@ -390,6 +404,7 @@ fn report(
         ..MinersReport::default()
     };
     let mut latencies = Vec::new();
+    let mut steady = Vec::new();
     let mut switch_ms = Vec::new();
     let (mut stale_in_window, mut shares_in_window) = (0, 0);
     for s in all {
@@ -410,6 +425,7 @@ fn report(
             r.accepted_work_total += w;
         }
         latencies.extend_from_slice(&s.latencies_us);
+        steady.extend_from_slice(&s.steady_latencies_us);
         switch_ms.extend(s.switch_ms);
         stale_in_window += s.stale_in_window;
         shares_in_window += s.shares_in_window;
@@ -418,6 +434,16 @@ fn report(
     r.latency_us_p50 = percentile(&latencies, 50.0) as u64;
     r.latency_us_p99 = percentile(&latencies, 99.0) as u64;
     r.latency_us_max = latencies.last().copied().unwrap_or(0) as u64;
+    r.steady_latency = ctx.opts.latency_after.map(|after| {
+        steady.sort_unstable();
+        SteadyLatency {
+            after_secs: after.as_secs_f64(),
+            shares: steady.len() as u64,
+            latency_us_p50: percentile(&steady, 50.0) as u64,
+            latency_us_p99: percentile(&steady, 99.0) as u64,
+            latency_us_max: steady.last().copied().unwrap_or(0) as u64,
+        }
+    });
     r.shares_per_sec = r.shares_accepted as f64 / elapsed.as_secs_f64().max(1e-9);
     r.ramp_secs = ctx
         .ramp_done

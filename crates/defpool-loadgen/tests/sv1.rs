@@ -281,3 +281,41 @@ async fn malformed_submits_earn_errors_not_disconnects() {
     assert_eq!(report.connections_open, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_latency_counts_only_shares_sent_after_the_given_time() {
+    // From the start: every answered share counts.
+    let (m, _) = mine(pool_opts("BTC", Algorithm::Sha256d), |a| {
+        let mut o = miners(a, MinerKind::Sv1, Algorithm::Sha256d);
+        o.latency_after = Some(Duration::ZERO);
+        o
+    })
+    .await;
+    let steady = m.steady_latency.clone().expect("asked for a steady window");
+    assert!(steady.shares > 0, "{m:#?}");
+    assert_eq!(
+        steady.shares,
+        m.shares_accepted + m.shares_rejected,
+        "{m:#?}"
+    );
+    assert_eq!(steady.latency_us_max, m.latency_us_max);
+    assert!(steady.latency_us_p50 <= steady.latency_us_p99);
+
+    // After the end of the run: none counts, although shares were answered.
+    let (m, _) = mine(pool_opts("BTC", Algorithm::Sha256d), |a| {
+        let mut o = miners(a, MinerKind::Sv1, Algorithm::Sha256d);
+        o.latency_after = Some(Duration::from_secs(60));
+        o
+    })
+    .await;
+    assert!(m.shares_accepted > 0, "{m:#?}");
+    let steady = m.steady_latency.clone().expect("asked for a steady window");
+    assert_eq!((steady.shares, steady.latency_us_max), (0, 0), "{m:#?}");
+
+    // Not asked for: not reported.
+    let (m, _) = mine(pool_opts("BTC", Algorithm::Sha256d), |a| {
+        miners(a, MinerKind::Sv1, Algorithm::Sha256d)
+    })
+    .await;
+    assert_eq!(m.steady_latency, None);
+}

@@ -163,6 +163,9 @@ struct MinersArgs {
     /// A progress line on stderr every second.
     #[arg(long)]
     progress: bool,
+    /// Also report the latency of the shares sent after this many seconds (steady state).
+    #[arg(long)]
+    latency_after: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -519,6 +522,9 @@ fn loadgen_miners(a: &MinersArgs) -> ExitCode {
     o.progress = a.progress;
     o.target_shares_per_sec = a.shares_per_sec;
     o.nominal_hash_rate = a.nominal_hash_rate;
+    o.latency_after = a
+        .latency_after
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s.max(0.0)).ok());
     let switch = match (a.switch_at, &a.admin_url, &a.switch_assignment) {
         (Some(at), Some(admin), Some(file)) => match std::fs::read_to_string(file) {
             Ok(json) => Some(defpool_loadgen::SwitchPlan {
