@@ -79,9 +79,10 @@ const ENCRYPTED_HEADER_SIZE: usize = FRAME_HEADER_SIZE + AEAD_MAC_LEN;
 /// much (thousands of idle miners); larger frames grow the buffer as they need.
 const READ_CHUNK: usize = 512;
 
-/// Buffer capacity kept between frames by the reader and the writer; beyond it, an emptied
-/// buffer is released (a job or a burst of shares does not stay allocated on an idle miner).
-const BUF_KEPT: usize = 1024;
+/// Buffer capacity the writer keeps between writes (a share's answer fits); beyond it, an
+/// emptied buffer is released (a job does not stay allocated on an idle miner). The reader
+/// keeps none: it waits for data before reserving.
+const BUF_KEPT: usize = 128;
 
 /// SRI's certificate check tolerates this much clock skew (seconds).
 const CERT_TIME_LEEWAY: u32 = 10;
@@ -219,18 +220,25 @@ impl Sv2Reader {
             payload.extend_from_slice(&chunk);
         }
         self.buf.drain(..encrypted_len);
-        if self.buf.is_empty() && self.buf.capacity() > BUF_KEPT {
+        if self.buf.is_empty() {
             self.buf = Vec::new();
         }
         self.header = None;
         Ok((header, payload))
     }
 
-    /// Reads until `need` bytes are buffered. Cancel-safe (`read_buf` either appends or not).
+    /// Reads until `need` bytes are buffered. Cancel-safe (`readable` only waits, and
+    /// `try_read_buf` either appends or not). Waits for data before reserving room for it, so
+    /// an idle connection holds no read buffer.
     async fn fill(&mut self, need: usize, at_frame_boundary: bool) -> Result<(), Sv2Error> {
         while self.buf.len() < need {
+            self.io.readable().await?;
             self.buf.reserve((need - self.buf.len()).max(READ_CHUNK));
-            let n = self.io.read_buf(&mut self.buf).await?;
+            let n = match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(if at_frame_boundary && self.buf.is_empty() {
                     Sv2Error::Closed
