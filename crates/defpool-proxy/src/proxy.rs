@@ -351,18 +351,19 @@ pub async fn serve(
                 ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let (ctx, settings, group, keys) =
                     (ctx.clone(), settings.clone(), group.clone(), keys.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match protocol {
-                        StratumProtocol::Sv1 => {
-                            downstream::sv1::serve(stream, peer, settings, ctx, group).await
-                        }
-                        StratumProtocol::Sv2 => {
-                            let keys = keys.expect("SV2 keys checked at start");
-                            downstream::sv2::serve(stream, peer, settings, ctx, group, keys).await
-                        }
-                    }
-                });
+                // One spawn per protocol: a task is as large as its future, and one future
+                // for both would size every SV1 miner's task for an SV2 session.
+                match protocol {
+                    StratumProtocol::Sv1 => tokio::spawn(async move {
+                        let _permit = permit;
+                        downstream::sv1::serve(stream, peer, settings, ctx, group).await
+                    }),
+                    StratumProtocol::Sv2 => tokio::spawn(async move {
+                        let _permit = permit;
+                        let keys = keys.expect("SV2 keys checked at start");
+                        downstream::sv2::serve(stream, peer, settings, ctx, group, keys).await
+                    }),
+                };
             }
         });
     }

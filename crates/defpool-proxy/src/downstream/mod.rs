@@ -76,8 +76,8 @@ mod tests {
 
     /// A tokio task is as large as its future, for as long as the connection lives: the SV2
     /// handshake and the share path (verifier, outbox) are boxed so that an idle miner's task
-    /// holds only its session and the futures it waits on. Both session kinds run in the same
-    /// spawned future type (the listener's), so the larger of the two sizes every miner's task.
+    /// holds only its session and the futures it waits on (the listener spawns each kind on its
+    /// own, so an SV1 task is not sized for an SV2 session).
     /// Before the boxing both were about 3.6 KB; the bounds leave room for the transport's
     /// cipher states to change.
     #[test]

@@ -76,7 +76,9 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let mut lines = LineReader::new(BufReader::with_capacity(512, read), port.max_message_bytes);
+    // A submit line is under 256 bytes; longer lines take more reads, and every idle miner
+    // keeps this buffer.
+    let mut lines = LineReader::new(BufReader::with_capacity(256, read), port.max_message_bytes);
     let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = group.templates.clone();
     templates.mark_unchanged();
     let now = now_ms();

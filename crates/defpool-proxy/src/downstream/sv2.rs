@@ -58,8 +58,9 @@ struct Channel {
     /// The current work's share cap (see `JobTemplate::share_cap`).
     cap: Option<Target>,
     book: JobBook,
-    /// Jobs sent: id, template, and the padding this channel's coinbase used.
-    jobs: VecDeque<(u32, Arc<JobTemplate>, usize)>,
+    /// Jobs sent: id, the padding this channel's coinbase used (a few bytes: u32 keeps the
+    /// entry at 16 bytes), template.
+    jobs: VecDeque<(u32, u32, Arc<JobTemplate>)>,
     /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
     /// job id; a template re-sent under a new id (vardiff) must not credit the same header
     /// twice. Pruned with the jobs.
@@ -719,10 +720,10 @@ impl Session {
         ch.book.add(job, clean, unix_now());
         if ch.jobs.len() >= JOBS_KEPT {
             ch.jobs.pop_front();
-            let oldest = ch.jobs.front().map_or(t.seq, |(_, j, _)| j.seq);
+            let oldest = ch.jobs.front().map_or(t.seq, |(_, _, j)| j.seq);
             ch.accepted.retain(|_, seq| *seq >= oldest);
         }
-        ch.jobs.push_back((job_id, t.clone(), pad));
+        ch.jobs.push_back((job_id, pad as u32, t.clone()));
         if t.epoch != ch.seen_epoch {
             ch.seen_epoch = t.epoch;
             let mut timer = self.group.switch.lock().expect("switch lock");
@@ -802,7 +803,7 @@ impl Session {
             _ => ch.full_extranonce(),
         };
         let (template, pad) = match ch.jobs.iter().find(|(j, _, _)| *j == job_id) {
-            Some((_, t, pad)) => (Some(t.clone()), *pad),
+            Some((_, pad, t)) => (Some(t.clone()), *pad as usize),
             None => (None, 0),
         };
         let sub = Submission {
