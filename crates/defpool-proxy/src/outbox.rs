@@ -28,14 +28,13 @@
 //! # Group commit
 //!
 //! One writer task owns the write connection. It takes the first append together with every
-//! append already queued behind it (whatever arrived while the previous commit ran), waits up to
-//! [`OutboxOptions::commit_interval`] after the first for more, stops early once
-//! [`OutboxOptions::max_pending_records`] records are pending, merges their records (see
-//! [`merge_records`]), writes them as one row in one transaction, commits, and only then answers
-//! every waiting append. A zero interval is classic group commit (commits back to back, each with
-//! whatever queued meanwhile); the default keeps 2 ms because a commit costs CPU: at 20,000
-//! shares/s on 2 cores, zero made about 1,600 commits/s instead of about 300 and cost the proxy
-//! about 11 µs more per share, which under load raised the p99 rather than lowering it. Sealing and acknowledgements go through the same task, so every write
+//! append already queued behind it (classic group commit: whatever arrived while the previous
+//! commit ran), optionally waits [`OutboxOptions::commit_interval`] for more (zero by default),
+//! stops early once [`OutboxOptions::max_pending_records`] records are pending, merges their
+//! records (see [`merge_records`]), writes them as one row in one transaction, commits, and only
+//! then answers every waiting append. Under load the commits follow each other back to back and
+//! a share waits at most for the commit in progress plus its own; when idle a lone share is
+//! committed at once instead of waiting for a gathering window. Sealing and acknowledgements go through the same task, so every write
 //! is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
 //! pool of read connections and see committed snapshots.
 //!
@@ -53,7 +52,7 @@
 //!
 //! Every write transaction is `BEGIN IMMEDIATE` and derives the counters it updates from what
 //! `meta` holds inside the transaction (appends by a compare-and-set against the values the writer
-//! last committed, in one round trip, falling back to reading them), so even two processes opening the same file by
+//! last committed, falling back to reading them), so even two processes opening the same file by
 //! mistake cannot corrupt sequences or counters (they would merely contend for the write lock).
 //!
 //! An `append` whose future is dropped after it was queued may still be committed: its shares
@@ -128,8 +127,8 @@ PRAGMA user_version = 1;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxOptions {
     /// How long the writer waits for more appends after the first one before committing them
-    /// together (default 2 ms). Zero commits at once whatever is queued: appends arriving during
-    /// a commit form the next group (lower latency when idle, more commits under load).
+    /// together. Zero (the default) commits at once whatever is queued: appends arriving during
+    /// a commit form the next group, so the group size follows the load without a fixed wait.
     pub commit_interval: Duration,
     /// Commit early once this many records are pending.
     pub max_pending_records: usize,
@@ -147,7 +146,7 @@ pub struct OutboxOptions {
 impl Default for OutboxOptions {
     fn default() -> Self {
         OutboxOptions {
-            commit_interval: Duration::from_millis(2),
+            commit_interval: Duration::ZERO,
             max_pending_records: 4096,
             seal_interval: Duration::from_secs(1),
             max_batch_records: 1000,
@@ -827,94 +826,83 @@ impl Writer {
 
     /// One transaction: one row of records, the appended counters.
     ///
-    /// Usually one round trip to SQLite: `BEGIN IMMEDIATE`, the row, the counters and `COMMIT`
-    /// as one multi-statement query, the counters set by a compare-and-set against the values
-    /// this writer last committed. Should anything else have changed them (another process on
-    /// the same file, by mistake) or the statement fail, it is rolled back and the append is
-    /// written again in a transaction that reads the counters first. Either way the new values
-    /// derive from what the transaction saw, and the counters only ever grow, so a matching old
-    /// value cannot be a stale one.
+    /// The counters are updated with a compare-and-set against the values this writer last
+    /// committed; should anything else have changed them (another process on the same file, by
+    /// mistake), the update matches no row and they are read inside this transaction and
+    /// updated from there. Either way the new values derive from what the transaction saw, and
+    /// the counters only ever grow, so a matching old value cannot be a stale one.
     async fn write_append(&mut self, records: Vec<Record>) -> Result<(), OutboxError> {
         let cached = self.appended.take();
-        let path = self.ctx.path.clone();
+        let path = &self.ctx.path;
         let (work, shares) = credited(&records);
         let body = serde_json::to_string(&records).map_err(|e| OutboxError::Encode {
             path: path.clone(),
             source: Arc::new(e),
         })?;
-        if let Some((old_work, old_shares)) = cached {
-            let new_work = old_work.saturating_add(work);
-            let new_shares = old_shares.saturating_add(shares);
-            // A mismatch sets NULL, which the NOT NULL column refuses: the statement fails
-            // before COMMIT, and the whole transaction is rolled back below.
-            let fast = sqlx::query(
-                "BEGIN IMMEDIATE; \
-                 INSERT INTO unbatched (body) VALUES (?); \
-                 UPDATE meta SET appended_work = CASE WHEN appended_work = ? \
-                 AND appended_shares = ? THEN ? ELSE NULL END, appended_shares = ? WHERE id = 1; \
-                 COMMIT;",
-            )
-            .bind(&body)
-            .bind(old_work.to_string())
-            .bind(to_i64(&path, "meta.appended_shares", old_shares)?)
-            .bind(new_work.to_string())
-            .bind(to_i64(&path, "meta.appended_shares", new_shares)?)
-            .execute(&mut self.conn)
-            .await;
-            match fast {
-                Ok(_) => {
-                    self.appended = Some((new_work, new_shares));
-                    return Ok(());
-                }
-                Err(e) => {
-                    // Not in a transaction any more if COMMIT ran or BEGIN failed: ignore that.
-                    let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                    tracing::debug!(error = %e, "outbox append: counters re-read");
-                }
-            }
-        }
-        self.appended = Some(self.write_append_reading(body, work, shares).await?);
-        Ok(())
-    }
-
-    /// [`Writer::write_append`] reading the counters in the transaction first.
-    async fn write_append_reading(
-        &mut self,
-        body: String,
-        work: u128,
-        shares: u64,
-    ) -> Result<(u128, u64), OutboxError> {
-        let path = &self.ctx.path;
         let mut tx = self
             .conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(path, "beginning an append"))?;
-        let row = sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err(path, "reading the appended counters"))?;
-        let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
-        let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
-        let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
-        let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
-        let new_work = appended_work.saturating_add(work);
-        let new_shares = appended_shares.saturating_add(shares);
         sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
             .bind(body)
             .execute(&mut *tx)
             .await
             .map_err(db_err(path, "inserting records"))?;
-        sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
+        let add = |(w, s): (u128, u64)| -> Result<(u128, u64, i64), OutboxError> {
+            let s = s.saturating_add(shares);
+            Ok((
+                w.saturating_add(work),
+                s,
+                to_i64(path, "meta.appended_shares", s)?,
+            ))
+        };
+        let mut updated = None;
+        if let Some((old_work, old_shares)) = cached {
+            let (new_work, new_shares, new_shares_i64) = add((old_work, old_shares))?;
+            let rows = sqlx::query(
+                "UPDATE meta SET appended_work = ?, appended_shares = ? \
+                 WHERE id = 1 AND appended_work = ? AND appended_shares = ?",
+            )
             .bind(new_work.to_string())
-            .bind(to_i64(path, "meta.appended_shares", new_shares)?)
+            .bind(new_shares_i64)
+            .bind(old_work.to_string())
+            .bind(to_i64(path, "meta.appended_shares", old_shares)?)
             .execute(&mut *tx)
             .await
-            .map_err(db_err(path, "updating the appended counters"))?;
+            .map_err(db_err(path, "updating the appended counters"))?
+            .rows_affected();
+            if rows == 1 {
+                updated = Some((new_work, new_shares));
+            }
+        }
+        let updated = match updated {
+            Some(v) => v,
+            None => {
+                let row =
+                    sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(path, "reading the appended counters"))?;
+                let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
+                let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
+                let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
+                let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
+                let (new_work, new_shares, new_shares_i64) = add((appended_work, appended_shares))?;
+                sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
+                    .bind(new_work.to_string())
+                    .bind(new_shares_i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(path, "updating the appended counters"))?;
+                (new_work, new_shares)
+            }
+        };
         tx.commit()
             .await
             .map_err(db_err(path, "committing an append"))?;
-        Ok((new_work, new_shares))
+        self.appended = Some(updated);
+        Ok(())
     }
 
     /// Applies a seal prepared from a snapshot, if nothing was sealed since that snapshot.
