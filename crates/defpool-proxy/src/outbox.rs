@@ -27,33 +27,22 @@
 //!
 //! # Group commit
 //!
-//! One writer task owns the write connection. It takes the first append together with every
-//! append already queued behind it (classic group commit: whatever arrived while the previous
-//! commit ran), optionally waits [`OutboxOptions::commit_interval`] for more (zero by default),
-//! stops early once [`OutboxOptions::max_pending_records`] records are pending, merges their
-//! records (see [`merge_records`]), writes them as one row in one transaction, commits, and only
-//! then answers every waiting append. Under load the commits follow each other back to back and
-//! a share waits at most for the commit in progress plus its own; when idle a lone share is
-//! committed at once instead of waiting for a gathering window. Sealing and acknowledgements go through the same task, so every write
+//! One writer task owns the write connection. It takes the first append, gathers further appends
+//! arriving within [`OutboxOptions::commit_interval`] (or until
+//! [`OutboxOptions::max_pending_records`] records are pending), merges their records (see
+//! [`merge_records`]), writes them as one row in one transaction, commits, and only then answers
+//! every waiting append. Sealing and acknowledgements go through the same task, so every write
 //! is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
 //! pool of read connections and see committed snapshots.
-//!
-//! The WAL is checkpointed by the sealing task (PASSIVE, from a read connection), not inside the
-//! writer's commits: an automatic checkpoint copies the pages into the database file and fsyncs
-//! it while every append waits on that commit, which on a busy disk takes tens to hundreds of
-//! milliseconds. The writer keeps an automatic checkpoint only as a backstop
-//! ([`WRITER_AUTOCHECKPOINT_PAGES`]) should the background one fall far behind, and the usual
-//! one (1,000 pages) when there is no sealing task.
 //!
 //! Sealing reads, parses and merges the unbatched rows from a read snapshot, the parsing on a
 //! blocking thread, and hands the writer only a short transaction to apply; the writer applies
 //! it only if no other seal came in between. A second of shares at 20,000/s is ~5 MB of JSON:
 //! parsing it inside the writer would stall every append for tens of milliseconds.
 //!
-//! Every write transaction is `BEGIN IMMEDIATE` and derives the counters it updates from what
-//! `meta` holds inside the transaction (appends by a compare-and-set against the values the writer
-//! last committed, falling back to reading them), so even two processes opening the same file by
-//! mistake cannot corrupt sequences or counters (they would merely contend for the write lock).
+//! Every write transaction is `BEGIN IMMEDIATE` and reads the counters it updates from `meta`
+//! inside the transaction, so even two processes opening the same file by mistake cannot
+//! corrupt sequences or counters (they would merely contend for the write lock).
 //!
 //! An `append` whose future is dropped after it was queued may still be committed: its shares
 //! are then counted although the miner was not answered, never the other way round.
@@ -91,11 +80,6 @@ const COMMAND_QUEUE: usize = 16_384;
 /// Bytes the WAL file is truncated to after a checkpoint resets it.
 const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
-/// The writer's automatic checkpoint threshold (pages of WAL) while the sealing task checkpoints
-/// in the background: far above what a second of commits writes (a few thousand pages at 20,000
-/// shares/s), so it only fires if the background checkpoint cannot keep up.
-const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
-
 /// Unbatched rows read per query while sealing.
 const SEAL_READ_CHUNK: i64 = 64;
 
@@ -126,9 +110,8 @@ PRAGMA user_version = 1;
 /// Tuning of an [`Outbox`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxOptions {
-    /// How long the writer waits for more appends after the first one before committing them
-    /// together. Zero (the default) commits at once whatever is queued: appends arriving during
-    /// a commit form the next group, so the group size follows the load without a fixed wait.
+    /// How long the writer gathers appends after the first one before committing them together.
+    /// Zero commits whatever is queued at once.
     pub commit_interval: Duration,
     /// Commit early once this many records are pending.
     pub max_pending_records: usize,
@@ -146,7 +129,7 @@ pub struct OutboxOptions {
 impl Default for OutboxOptions {
     fn default() -> Self {
         OutboxOptions {
-            commit_interval: Duration::ZERO,
+            commit_interval: Duration::from_millis(2),
             max_pending_records: 4096,
             seal_interval: Duration::from_secs(1),
             max_batch_records: 1000,
@@ -322,16 +305,7 @@ impl Outbox {
         };
 
         let timer = !opts.seal_interval.is_zero();
-        // With the sealing task checkpointing, the writer's commits do not (see the module docs).
-        let writer_connect = if timer {
-            connect.clone().pragma(
-                "wal_autocheckpoint",
-                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-            )
-        } else {
-            connect.clone()
-        };
-        let mut conn = SqliteConnection::connect_with(&writer_connect)
+        let mut conn = SqliteConnection::connect_with(&connect)
             .await
             .map_err(open_err)?;
         let ctx = Arc::new(Ctx {
@@ -359,7 +333,6 @@ impl Outbox {
             sealed: sealed_tx,
             commit_interval: opts.commit_interval,
             max_pending_records: opts.max_pending_records.max(1),
-            appended: None,
         };
         tokio::spawn(writer.run(rx));
 
@@ -724,10 +697,6 @@ struct Writer {
     sealed: watch::Sender<u64>,
     commit_interval: Duration,
     max_pending_records: usize,
-    /// The appended counters as this writer last committed them: the next append updates them
-    /// with a compare-and-set instead of reading them first (one statement less per commit).
-    /// `None` after a failed append or before the first, when they are read in the transaction.
-    appended: Option<(u128, u64)>,
 }
 
 impl Writer {
@@ -825,14 +794,7 @@ impl Writer {
     }
 
     /// One transaction: one row of records, the appended counters.
-    ///
-    /// The counters are updated with a compare-and-set against the values this writer last
-    /// committed; should anything else have changed them (another process on the same file, by
-    /// mistake), the update matches no row and they are read inside this transaction and
-    /// updated from there. Either way the new values derive from what the transaction saw, and
-    /// the counters only ever grow, so a matching old value cannot be a stale one.
     async fn write_append(&mut self, records: Vec<Record>) -> Result<(), OutboxError> {
-        let cached = self.appended.take();
         let path = &self.ctx.path;
         let (work, shares) = credited(&records);
         let body = serde_json::to_string(&records).map_err(|e| OutboxError::Encode {
@@ -844,65 +806,32 @@ impl Writer {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(path, "beginning an append"))?;
+        let row = sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(path, "reading the appended counters"))?;
+        let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
+        let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
+        let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
+        let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
         sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
             .bind(body)
             .execute(&mut *tx)
             .await
             .map_err(db_err(path, "inserting records"))?;
-        let add = |(w, s): (u128, u64)| -> Result<(u128, u64, i64), OutboxError> {
-            let s = s.saturating_add(shares);
-            Ok((
-                w.saturating_add(work),
-                s,
-                to_i64(path, "meta.appended_shares", s)?,
-            ))
-        };
-        let mut updated = None;
-        if let Some((old_work, old_shares)) = cached {
-            let (new_work, new_shares, new_shares_i64) = add((old_work, old_shares))?;
-            let rows = sqlx::query(
-                "UPDATE meta SET appended_work = ?, appended_shares = ? \
-                 WHERE id = 1 AND appended_work = ? AND appended_shares = ?",
-            )
-            .bind(new_work.to_string())
-            .bind(new_shares_i64)
-            .bind(old_work.to_string())
-            .bind(to_i64(path, "meta.appended_shares", old_shares)?)
+        sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
+            .bind(appended_work.saturating_add(work).to_string())
+            .bind(to_i64(
+                path,
+                "meta.appended_shares",
+                appended_shares.saturating_add(shares),
+            )?)
             .execute(&mut *tx)
             .await
-            .map_err(db_err(path, "updating the appended counters"))?
-            .rows_affected();
-            if rows == 1 {
-                updated = Some((new_work, new_shares));
-            }
-        }
-        let updated = match updated {
-            Some(v) => v,
-            None => {
-                let row =
-                    sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db_err(path, "reading the appended counters"))?;
-                let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
-                let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
-                let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
-                let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
-                let (new_work, new_shares, new_shares_i64) = add((appended_work, appended_shares))?;
-                sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
-                    .bind(new_work.to_string())
-                    .bind(new_shares_i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err(path, "updating the appended counters"))?;
-                (new_work, new_shares)
-            }
-        };
+            .map_err(db_err(path, "updating the appended counters"))?;
         tx.commit()
             .await
-            .map_err(db_err(path, "committing an append"))?;
-        self.appended = Some(updated);
-        Ok(())
+            .map_err(db_err(path, "committing an append"))
     }
 
     /// Applies a seal prepared from a snapshot, if nothing was sealed since that snapshot.
@@ -1058,10 +987,10 @@ impl Writer {
 }
 
 /// Seals every `interval`, and keeps sealing while batches come out full, so a backlog drains.
-/// Then runs a PASSIVE WAL checkpoint from a read connection, concurrently with commits: this is
-/// what keeps the WAL short, as the writer's own automatic checkpoint (which would run inside a
-/// commit, stalling the appends waiting on it) is set far higher. Holds only a weak sender: it
-/// never keeps the writer alive.
+/// Then runs a PASSIVE WAL checkpoint from a read connection, concurrently with commits: the
+/// writer's automatic checkpoint (which runs inside a commit, stalling the appends waiting on
+/// it) then finds most pages already copied. Holds only a weak sender: it never keeps the
+/// writer alive.
 async fn run_sealer(
     commands: mpsc::WeakSender<Command>,
     reader: SqlitePool,

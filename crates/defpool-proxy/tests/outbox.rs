@@ -213,33 +213,6 @@ async fn a_file_of_another_proxy_is_refused() {
     assert!(message.contains("proxy-eu-1"), "{message}");
 }
 
-/// Two outboxes on one file (a misconfiguration): each writer updates the appended counters by
-/// compare-and-set against what it last committed, so an append by the other one in between is
-/// noticed and the counters are recomputed from the file, never overwritten with a stale sum.
-#[tokio::test]
-async fn two_writers_on_one_file_keep_the_counters_exact() {
-    let db = TempDb::new("two-writers");
-    let a = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
-    let b = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
-    a.append(vec![work("rig1", 1)]).await.unwrap();
-    b.append(vec![work("rig2", 10)]).await.unwrap();
-    a.append(vec![work("rig1", 100)]).await.unwrap();
-    b.append(vec![work("rig2", 1_000), work("rig3", 10_000)])
-        .await
-        .unwrap();
-    a.append(vec![work("rig1", 100_000)]).await.unwrap();
-    for outbox in [&a, &b] {
-        let t = outbox.totals().await.unwrap();
-        assert_eq!(t.appended_work, 111_111);
-        assert_eq!(t.appended_shares, 6);
-        assert_eq!(t.held_work, 111_111);
-    }
-    let sealed: u128 = seal_all(&a).await.iter().map(Batch::accepted_work).sum();
-    assert_eq!(sealed, 111_111);
-    b.close().await.unwrap();
-    a.close().await.unwrap();
-}
-
 #[tokio::test]
 async fn dropping_the_last_handle_releases_the_file() {
     let db = TempDb::new("drop");
