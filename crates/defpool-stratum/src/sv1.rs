@@ -11,7 +11,10 @@
 //! raw bytes in hex.
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, ReadBuf};
 
 /// Lines longer than this are a protocol violation unless a port configures otherwise.
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
@@ -137,6 +140,20 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             }
         }
         loop {
+            // Wait for data first; while waiting with no partial line, hold no line buffer
+            // (an idle miner's last line, ~150 B each, adds up over thousands of miners).
+            let (inner, line) = (&mut self.inner, &mut self.line);
+            std::future::poll_fn(|cx| match Pin::new(&mut *inner).poll_fill_buf(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(|_| ())),
+                Poll::Pending => {
+                    if line.is_empty() && line.capacity() > 0 {
+                        *line = Vec::new();
+                    }
+                    Poll::Pending
+                }
+            })
+            .await?;
+            // Ready now: returns what the poll above buffered, without another read.
             let buf = self.inner.fill_buf().await?;
             if buf.is_empty() {
                 if self.line.is_empty() {
@@ -165,6 +182,76 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         }
         self.returned = true;
         Ok(Some(&self.line))
+    }
+}
+
+/// Bytes a [`ReleasingReader`] reads at once (on the stack; a submit line is under 256 B).
+const READ_CHUNK: usize = 512;
+
+/// A buffered reader that holds no buffer while nothing is pending: each read lands in a stack
+/// buffer and only unconsumed bytes are kept, freed once consumed. For connections that are
+/// idle most of the time (miners), where a `BufReader`'s fixed buffer would stay allocated for
+/// each of thousands of connections. Cancel-safe like any `AsyncBufRead`: bytes read are kept
+/// until consumed.
+pub struct ReleasingReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R> ReleasingReader<R> {
+    pub fn new(inner: R) -> Self {
+        ReleasingReader {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReleasingReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.buf.len() {
+            let n = out.remaining().min(this.buf.len() - this.pos);
+            out.put_slice(&this.buf[this.pos..this.pos + n]);
+            Pin::new(&mut *this).consume(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncBufRead for ReleasingReader<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos >= this.buf.len() {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    // Empty at end of stream, which `fill_buf` reports as an empty slice.
+                    this.buf = rb.filled().to_vec();
+                    this.pos = 0;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(&this.buf[this.pos..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.buf.len());
+        if this.pos == this.buf.len() {
+            this.buf = Vec::new();
+            this.pos = 0;
+        }
     }
 }
 
@@ -833,6 +920,44 @@ mod tests {
         ));
         let mut r = LineReader::new(&b"{\"a\":1}"[..], 20);
         assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert!(r.next_line().await.unwrap().is_none());
+    }
+
+    /// An idle connection holds neither a read buffer nor its last line; a line split over
+    /// reads, two lines in one read and a line cut by a cancelled `next_line` still come whole.
+    #[tokio::test]
+    async fn releasing_reader_holds_nothing_while_idle() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = LineReader::new(ReleasingReader::new(rx), 2000);
+        tx.write_all(b"{\"a\":").await.unwrap();
+        // Cancelled while the line is partial: the part read so far must survive.
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), r.next_line()).await;
+        assert!(cut.is_err());
+        tx.write_all(b"1}\n{\"b\":2}\n").await.unwrap();
+        assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(r.next_line().await.unwrap().unwrap(), b"{\"b\":2}");
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), r.next_line()).await;
+        assert!(idle.is_err());
+        assert_eq!(
+            r.line.capacity(),
+            0,
+            "the last line's buffer is kept while idle"
+        );
+        assert_eq!(
+            r.inner.buf.capacity(),
+            0,
+            "the read buffer is kept while idle"
+        );
+        // A line longer than one read chunk.
+        let long = format!("{{\"c\":\"{}\"}}\n", "x".repeat(3 * READ_CHUNK / 2));
+        let writer = tokio::spawn(async move {
+            tx.write_all(long.as_bytes()).await.unwrap();
+            tx
+        });
+        let got = r.next_line().await.unwrap().unwrap().to_vec();
+        assert_eq!(got.len(), 3 * READ_CHUNK / 2 + 8);
+        drop(writer.await.unwrap());
         assert!(r.next_line().await.unwrap().is_none());
     }
 

@@ -6,22 +6,21 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use defpool_core::share::{JobBook, ShareClass, Submission, SubmittedVersion};
 use defpool_core::work::Target;
 use defpool_stratum::sv1::{
     self, error_code, error_line, result_line, Incoming, LineReader, MinerRequest, PoolMessage,
-    Request, Submit,
+    ReleasingReader, Request, Submit,
 };
 use defpool_stratum::vardiff::Vardiff;
 use serde_json::{json, Value};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{forward, share_target, sv1_reject};
+use super::{forward, share_target, sv1_reject, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_password, parse_username, MinerIdentity};
@@ -76,9 +75,8 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    // A submit line is under 256 bytes; longer lines take more reads, and every idle miner
-    // keeps this buffer.
-    let mut lines = LineReader::new(BufReader::with_capacity(256, read), port.max_message_bytes);
+    // No read buffer while idle (a BufReader's would stay allocated on every idle miner).
+    let mut lines = LineReader::new(ReleasingReader::new(read), port.max_message_bytes);
     let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = group.templates.clone();
     templates.mark_unchanged();
     let now = now_ms();
@@ -114,12 +112,14 @@ pub async fn serve(
     };
     s.group.miners.fetch_add(1, Ordering::Relaxed);
     let idle = s.port.idle_timeout;
-    // One idle timer per session, re-armed only when it fires early (not on every message):
-    // re-arming it per loop iteration was a timer-wheel insert and removal per share and job.
+    // One timer per session for both the idle deadline and the vardiff retarget (an interval
+    // would be a second, boxed timer on every idle miner), re-armed only when it fires (not on
+    // every message): re-arming it per loop iteration was a timer-wheel insert and removal per
+    // share and job.
     let mut last_activity = tokio::time::Instant::now();
-    let idle_timer = tokio::time::sleep_until(last_activity + idle);
+    let mut next_retarget = last_activity + RETARGET_EVERY;
+    let idle_timer = tokio::time::sleep_until((last_activity + idle).min(next_retarget));
     tokio::pin!(idle_timer);
-    let mut retarget = tokio::time::interval(Duration::from_secs(10));
     let reason: String = loop {
         if let Some(why) = s.closing {
             break why.to_string();
@@ -165,19 +165,23 @@ pub async fn serve(
                     }
                 }
             }
-            _ = retarget.tick(), if s.ready() && !s.fixed => {
-                if let Some(d) = s.vardiff.retarget(now_ms()) {
-                    if let Err(e) = s.difficulty_changed(d).await {
-                        break format!("write failed: {e}");
-                    }
-                }
-            }
             _ = &mut idle_timer => {
+                let now = tokio::time::Instant::now();
                 let deadline = last_activity + idle;
-                if tokio::time::Instant::now() >= deadline {
+                if now >= deadline {
                     break format!("idle for {} s", idle.as_secs());
                 }
-                idle_timer.as_mut().reset(deadline);
+                if now >= next_retarget {
+                    next_retarget = now + RETARGET_EVERY;
+                    if s.ready() && !s.fixed {
+                        if let Some(d) = s.vardiff.retarget(now_ms()) {
+                            if let Err(e) = s.difficulty_changed(d).await {
+                                break format!("write failed: {e}");
+                            }
+                        }
+                    }
+                }
+                idle_timer.as_mut().reset(deadline.min(next_retarget));
             }
         }
     };

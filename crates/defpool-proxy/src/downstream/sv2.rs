@@ -20,7 +20,7 @@ use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{forward, share_target};
+use super::{forward, share_target, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_username, MinerIdentity};
@@ -254,11 +254,12 @@ impl Session {
         let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = self.group.templates.clone();
         templates.mark_unchanged();
         let idle = self.port.idle_timeout;
-        // One idle timer, re-armed only when it fires early (see the SV1 session).
+        // One timer for the idle deadline and the retarget, re-armed only when it fires (see
+        // the SV1 session).
         let mut last_activity = tokio::time::Instant::now();
-        let idle_timer = tokio::time::sleep_until(last_activity + idle);
+        let mut next_retarget = last_activity + RETARGET_EVERY;
+        let idle_timer = tokio::time::sleep_until((last_activity + idle).min(next_retarget));
         tokio::pin!(idle_timer);
-        let mut retarget = tokio::time::interval(Duration::from_secs(10));
         loop {
             if let Some(why) = self.closing.take() {
                 return why;
@@ -287,14 +288,22 @@ impl Session {
                         None => Ok(()),
                     }
                 }
-                _ = retarget.tick(), if !self.channels.is_empty() => self.retarget_all().await,
                 _ = &mut idle_timer => {
+                    let now = tokio::time::Instant::now();
                     let deadline = last_activity + idle;
-                    if tokio::time::Instant::now() >= deadline {
+                    if now >= deadline {
                         return format!("idle for {} s", idle.as_secs());
                     }
-                    idle_timer.as_mut().reset(deadline);
-                    Ok(())
+                    let due = now >= next_retarget;
+                    if due {
+                        next_retarget = now + RETARGET_EVERY;
+                    }
+                    idle_timer.as_mut().reset(deadline.min(next_retarget));
+                    if due && !self.channels.is_empty() {
+                        self.retarget_all().await
+                    } else {
+                        Ok(())
+                    }
                 }
             };
             if let Err(e) = r {
