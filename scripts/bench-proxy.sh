@@ -13,7 +13,9 @@
 #   throughput              sha256d: 2,000 miners, 20,000 shares/s, 20 s window (SV1, SV2 ext.)
 #   scrypt                  proxy CPU per scrypt share vs. the raw scrypt rate (cargo bench)
 #   rss                     proxy VmRSS with 0, 5,000 and 10,000 idle miners, SV1 and SV2 ext.
-#   handshake               proxy CPU per connection, 5,000 connections: SV2 (Noise) minus SV1
+#   handshake               proxy CPU per connection, 5,000 connections: SV2 (Noise) minus SV1,
+#                           full setup (subscribe/authorize vs SetupConnection/channel open) and
+#                           connection only (bare TCP vs the Noise handshake alone)
 #
 # The test pools serve jobs with nBits of difficulty 1 (LOADGEN_POOL_NBITS), so no share at the
 # test difficulties is a block candidate and the pool's difficulty alone decides what the proxy
@@ -540,6 +542,32 @@ phase_handshake() {
   note "handshake $kind: $n connections in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
 }
 
+# Proxy CPU per connection that only connects (SV1: TCP, nothing sent) or only completes the
+# Noise handshake (SV2, nothing sent after it): the difference is the handshake itself, without
+# SetupConnection, channel opening and first jobs.
+phase_handshake_only() {
+  local kind=$1 n=5000 rate=1000 port extra=() i0 i1 idle_rate per held
+  begin_phase "handshake-only-$kind"
+  start_proxy 0.000001 0.002 60000
+  port=$SV1_PORT
+  [ "$kind" != sv1 ] && { port=$SV2_PORT; extra=(--authority-public-key "$PUB"); }
+  i0=$(cpu_ticks "$PROXY_PID"); sleep 3; i1=$(cpu_ticks "$PROXY_PID")
+  idle_rate=$(calc "($i1 - $i0) / 3" 3)
+  window_begin
+  miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
+    --username "$ADDRESS" --idle --handshake-only --connect-rate $rate \
+    --duration $((n / rate + 4)) "${extra[@]}"
+  perf_window 1 $((n / rate))
+  sleep $((n / rate + 1))
+  window_end
+  wait_loadgen $((n / rate + 10))
+  held=$(jq -r .connected "$PHASE_DIR/report.json")
+  stop_all
+  per=$(calc "($W_PROXY - $idle_rate * $W_SECS) / $HZ * 1000000 / $n" 1)
+  eval "HANDSHAKE_ONLY_US_${kind//-/_}=$per"
+  note "handshake-only $kind: $held of $n connections made and held in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
+}
+
 if [ "${BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   log "build (release)"
   cargo build --release -p defpool --locked >&2
@@ -559,6 +587,9 @@ for phase in $PHASES; do
       phase_handshake sv1
       phase_handshake sv2-extended
       note "handshake: SV2 (Noise NX + channel open) minus SV1 (subscribe + authorize): $(calc "$HANDSHAKE_US_sv2_extended - $HANDSHAKE_US_sv1" 1) us of proxy CPU"
+      phase_handshake_only sv1
+      phase_handshake_only sv2-extended
+      note "handshake-only: SV2 Noise NX handshake minus a bare SV1 connection: $(calc "$HANDSHAKE_ONLY_US_sv2_extended - $HANDSHAKE_ONLY_US_sv1" 1) us of proxy CPU"
       ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac

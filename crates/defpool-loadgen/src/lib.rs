@@ -127,6 +127,9 @@ pub struct MinersOptions {
     pub version_rolling: bool,
     /// `false`: connect, authorize, receive jobs and stay idle (memory measurements).
     pub hash: bool,
+    /// Only open the connection and hold it: SV1 connects and sends nothing, SV2 completes the
+    /// Noise handshake and sends nothing (the handshake's cost, against a bare connection).
+    pub handshake_only: bool,
     /// A progress line on stderr once per second.
     pub progress: bool,
     /// Pace submissions to about this many shares per second in total (spread evenly over the
@@ -158,6 +161,7 @@ impl MinersOptions {
             authority_public_key: None,
             version_rolling: false,
             hash: true,
+            handshake_only: false,
             progress: false,
             target_shares_per_sec: None,
             nominal_hash_rate: 0.0,

@@ -255,6 +255,18 @@ pub(crate) enum End {
     Failed(String),
 }
 
+/// `--handshake-only`: count the connection as made, keep it open until the run stops.
+pub(crate) async fn hold(
+    ctx: &Ctx,
+    stats: &mut MinerStats,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    ctx.handshake_done(stats);
+    let _ = stop.wait_for(|s| *s).await;
+    ctx.counters.connected_now.fetch_sub(1, Ordering::Relaxed);
+    End::Stopped
+}
+
 /// The username miner `index` uses.
 pub fn worker_name(username: &str, index: usize) -> String {
     if username.contains('.') {
@@ -777,6 +789,9 @@ async fn sv1_session(
         Err(_) => return End::Failed(format!("connecting to {addr}: timed out")),
     };
     let _ = stream.set_nodelay(true);
+    if ctx.opts.handshake_only {
+        return hold(ctx, stats, stop).await;
+    }
     let (rd, mut wr) = stream.into_split();
     let mut reader = LineReader::new(BufReader::with_capacity(4096, rd), sv1::DEFAULT_MAX_LINE);
     let mut m = Sv1Miner {

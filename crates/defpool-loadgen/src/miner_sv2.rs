@@ -417,6 +417,11 @@ pub(crate) async fn session(
         Ok(c) => c,
         Err(e) => return End::Failed(format!("noise handshake with {addr}: {e}")),
     };
+    if ctx.opts.handshake_only {
+        // Held, not dropped: the proxy's side stays open as for a miner that is slow to set up.
+        let _conn = conn;
+        return crate::miner::hold(ctx, stats, stop).await;
+    }
     let (mut rd, mut wr) = conn.into_split();
     let standard = ctx.opts.kind == MinerKind::Sv2Standard;
     let mut flags = 0;

@@ -267,3 +267,19 @@ async fn bad_submissions_earn_errors_not_disconnects() {
     assert_eq!(r.shares_rejected, 4);
     assert_eq!(r.shares_accepted, 0);
 }
+
+/// `--handshake-only` (the handshake benchmark): every miner completes the Noise handshake and
+/// holds its connection, and sends nothing after it: no channel, no share reaches the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_only_holds_connections_and_sends_nothing() {
+    let p = pool(pool_opts("LTC", Algorithm::Sha256d)).await;
+    let mut o = miners(&p, MinerKind::Sv2Extended);
+    o.handshake_only = true;
+    o.duration = Duration::from_millis(800);
+    let m = run_miners(o, None).await.unwrap();
+    let r = finish(p).await;
+    assert_eq!(m.connected, m.miners, "{m:#?}");
+    assert_eq!((m.connect_failures, m.disconnects), (0, 0), "{m:#?}");
+    assert_eq!(m.shares_submitted, 0, "{m:#?}");
+    assert_eq!(r.shares_accepted, 0, "{r:#?}");
+}

@@ -166,6 +166,10 @@ struct MinersArgs {
     /// Also report the latency of the shares sent after this many seconds (steady state).
     #[arg(long)]
     latency_after: Option<f64>,
+    /// Only connect and hold the connection (SV2: after the Noise handshake); sends nothing.
+    /// For measuring the handshake's cost against a bare connection.
+    #[arg(long)]
+    handshake_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -519,6 +523,7 @@ fn loadgen_miners(a: &MinersArgs) -> ExitCode {
     o.authority_public_key = a.authority_public_key.clone();
     o.version_rolling = a.version_rolling;
     o.hash = !a.idle;
+    o.handshake_only = a.handshake_only;
     o.progress = a.progress;
     o.target_shares_per_sec = a.shares_per_sec;
     o.nominal_hash_rate = a.nominal_hash_rate;
