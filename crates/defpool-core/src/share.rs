@@ -260,9 +260,12 @@ struct SubmissionKey {
     version: u32,
 }
 
-struct JobEntry {
+struct JobEntry<T> {
     id: u64,
     job: Arc<Job>,
+    /// What the caller keeps with the job (the proxy: its template), so that it needs no list
+    /// of its own beside the book.
+    tag: T,
     /// When the job stopped being current (Unix seconds); shares within the grace window after
     /// that are still accepted.
     retired_at: Option<u32>,
@@ -274,10 +277,11 @@ struct JobEntry {
 
 /// The jobs of one channel: current ones, recently retired ones within a grace window, and the
 /// submissions already seen for each.
-pub struct JobBook {
+pub struct JobBook<T = ()> {
     /// At most `max_jobs` (a dozen): a linear search beats a map's hashing at this size, and
-    /// 32 bytes per entry instead of a hash table of 72-byte buckets keeps idle miners small.
-    entries: Vec<JobEntry>,
+    /// 32 bytes per entry (plus the tag) instead of a hash table of 72-byte buckets keeps idle
+    /// miners small.
+    entries: Vec<JobEntry<T>>,
     grace_secs: u32,
     max_jobs: usize,
 }
@@ -293,6 +297,19 @@ impl JobBook {
     /// `grace_secs`: how long retired jobs still take shares. `max_jobs`: how many jobs are kept
     /// at most (the oldest retired ones go first).
     pub fn new(grace_secs: u32, max_jobs: usize) -> JobBook {
+        JobBook::tagged(grace_secs, max_jobs)
+    }
+
+    /// Add a job. With `clean`, every earlier job is retired at `now` (new block, coin switch).
+    /// A job with the id of a kept one replaces it.
+    pub fn add(&mut self, job: Arc<Job>, clean: bool, now: u32) {
+        self.add_tagged(job, (), clean, now)
+    }
+}
+
+impl<T> JobBook<T> {
+    /// A book whose jobs each carry a `T` (see [`JobBook::add_tagged`]).
+    pub fn tagged(grace_secs: u32, max_jobs: usize) -> JobBook<T> {
         JobBook {
             entries: Vec::new(),
             grace_secs,
@@ -300,9 +317,8 @@ impl JobBook {
         }
     }
 
-    /// Add a job. With `clean`, every earlier job is retired at `now` (new block, coin switch).
-    /// A job with the id of a kept one replaces it.
-    pub fn add(&mut self, job: Arc<Job>, clean: bool, now: u32) {
+    /// [`JobBook::add`] with the caller's `tag` kept beside the job until it is dropped.
+    pub fn add_tagged(&mut self, job: Arc<Job>, tag: T, clean: bool, now: u32) {
         if clean {
             for entry in &mut self.entries {
                 entry.retired_at.get_or_insert(now);
@@ -329,6 +345,7 @@ impl JobBook {
         self.entries.push(JobEntry {
             id: job.id,
             job,
+            tag,
             retired_at: None,
             seen: None,
         });
@@ -339,11 +356,21 @@ impl JobBook {
         self.entries.iter().filter(|e| e.seen.is_some()).count()
     }
 
-    fn entry(&self, job_id: u64) -> Option<&JobEntry> {
+    /// A kept job and its tag, retired or not.
+    pub fn get(&self, job_id: u64) -> Option<(&Arc<Job>, &T)> {
+        self.entry(job_id).map(|e| (&e.job, &e.tag))
+    }
+
+    /// The tags of the kept jobs.
+    pub fn tags(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|e| &e.tag)
+    }
+
+    fn entry(&self, job_id: u64) -> Option<&JobEntry<T>> {
         self.entries.iter().find(|e| e.id == job_id)
     }
 
-    fn entry_mut(&mut self, job_id: u64) -> Option<&mut JobEntry> {
+    fn entry_mut(&mut self, job_id: u64) -> Option<&mut JobEntry<T>> {
         self.entries.iter_mut().find(|e| e.id == job_id)
     }
 
@@ -405,7 +432,11 @@ impl JobBook {
 
 /// Remember a submission for its job; a second identical one is a duplicate. Extranonces longer
 /// than [`MAX_EXTRANONCE`] are refused.
-fn insert_seen(entry: &mut JobEntry, sub: &Submission<'_>, version: u32) -> Result<(), Reject> {
+fn insert_seen<T>(
+    entry: &mut JobEntry<T>,
+    sub: &Submission<'_>,
+    version: u32,
+) -> Result<(), Reject> {
     if sub.extranonce.len() > MAX_EXTRANONCE {
         return Err(Reject::BadExtranonceSize {
             expected: entry.job.extranonce_size,
@@ -597,6 +628,23 @@ mod tests {
         assert!(book.admit(2, &sub(&[0; 8], 7), NOW).is_ok());
     }
 
+    /// A tag lives exactly as long as its job: found with it, replaced with it, gone with it.
+    #[test]
+    fn tags_follow_their_jobs() {
+        let mut book: JobBook<&str> = JobBook::tagged(5, 2);
+        let job = |id| Arc::new(job(id));
+        book.add_tagged(job(1), "one", false, 100);
+        book.add_tagged(job(2), "two", false, 100);
+        assert_eq!(book.get(1).map(|(j, t)| (j.id, *t)), Some((1, "one")));
+        book.add_tagged(job(2), "two again", false, 100);
+        assert_eq!(book.get(2).map(|(_, t)| *t), Some("two again"));
+        book.add_tagged(job(3), "three", true, 100);
+        let mut tags: Vec<&str> = book.tags().copied().collect();
+        tags.sort();
+        assert_eq!(tags, ["three", "two again"]);
+        assert!(book.get(1).is_none());
+    }
+
     #[test]
     fn job_book_is_bounded() {
         let mut book = JobBook::new(60, 4);
@@ -616,7 +664,9 @@ mod tests {
         }
         assert_eq!(book.seen_sets(), 0);
         assert!(book.entries.capacity() <= 12, "entries over-allocated");
-        assert!(std::mem::size_of::<JobEntry>() <= 32);
+        assert!(std::mem::size_of::<JobEntry<()>>() <= 32);
+        // A pointer-sized tag (the proxy keeps its template) adds only itself.
+        assert!(std::mem::size_of::<JobEntry<Arc<()>>>() <= 40);
         // A rejected submission (bad ntime) creates none either; an admitted one does.
         let early = Submission {
             ntime: 1,

@@ -202,6 +202,12 @@ impl JobTemplate {
         })
     }
 
+    /// The zero padding before the extranonce in a job made by [`JobTemplate::shared_job`]
+    /// (its coinbase prefix is the template's with that padding instead of the fold's).
+    pub fn pad_of(&self, job: &defpool_core::share::Job) -> usize {
+        (job.coinbase_prefix.len() + self.fold.pad).saturating_sub(self.coinbase_prefix.len())
+    }
+
     /// A miner's job (see [`JobTemplate::job_for`]), shared with the other miners that get the
     /// same one. `pad`: the channel's padding (the template's own for SV1 and standard channels).
     pub fn shared_job(

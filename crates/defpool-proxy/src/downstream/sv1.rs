@@ -2,7 +2,7 @@
 //! submit; we send set_difficulty, notify, set_extranonce, set_version_mask and, as the last
 //! resort, client.reconnect.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -52,11 +52,12 @@ struct Session {
     sent_difficulty: Option<f64>,
     requested_mask: Option<u32>,
     sent_mask: Option<u32>,
-    book: JobBook,
-    jobs: VecDeque<(u64, Arc<JobTemplate>)>,
+    /// Jobs sent, each with its template (one list: a second one beside it cost ~200 B per
+    /// idle miner).
+    book: JobBook<Arc<JobTemplate>>,
     /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
     /// job id; a template re-sent under a new id (vardiff) must not credit the same header
-    /// twice. Pruned with the jobs.
+    /// twice. Pruned with the book's jobs.
     accepted: HashMap<[u8; 80], u64>,
     /// How many times the current template was re-sent (vardiff) to this miner.
     resends: u32,
@@ -88,7 +89,7 @@ pub async fn serve(
             port.shares_per_minute,
             now,
         ),
-        book: JobBook::new(ctx.grace_secs, JOBS_KEPT),
+        book: JobBook::tagged(ctx.grace_secs, JOBS_KEPT),
         ctx,
         group,
         port,
@@ -103,7 +104,6 @@ pub async fn serve(
         sent_difficulty: None,
         requested_mask: None,
         sent_mask: None,
-        jobs: VecDeque::with_capacity(JOBS_KEPT),
         accepted: HashMap::new(),
         resends: 0,
         current: None,
@@ -455,13 +455,12 @@ impl Session {
             mask,
             share_target(d, t.algorithm),
         );
-        self.book.add(job, clean, unix_now());
-        if self.jobs.len() >= JOBS_KEPT {
-            self.jobs.pop_front();
-            let oldest = self.jobs.front().map_or(t.seq, |(_, j)| j.seq);
+        self.book.add_tagged(job, t.clone(), clean, unix_now());
+        // A share can only be admitted for a kept job: older templates' headers can go.
+        if !self.accepted.is_empty() {
+            let oldest = self.book.tags().map(|j| j.seq).min().unwrap_or(t.seq);
             self.accepted.retain(|_, seq| *seq >= oldest);
         }
-        self.jobs.push_back((id, t.clone()));
         t.sv1_notify()
             .write_line(&mut self.out, &format!("{id:x}"), clean);
         let r = self.flush().await;
@@ -489,11 +488,7 @@ impl Session {
                 .reply_err(id, error_code::JOB_NOT_FOUND, "Job not found")
                 .await;
         };
-        let template = self
-            .jobs
-            .iter()
-            .find(|(j, _)| *j == job_id)
-            .map(|(_, t)| t.clone());
+        let template = self.book.get(job_id).map(|(_, t)| t.clone());
         let mut extranonce = [0u8; 64];
         let en_len = prefix.len() + sub.extranonce2.len();
         if en_len > extranonce.len() {

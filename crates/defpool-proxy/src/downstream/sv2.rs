@@ -4,7 +4,7 @@
 //! SetTarget from per-channel vardiff, UpdateChannel, CloseChannel, and Reconnect only as the
 //! last resort when an extended channel cannot follow a switch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,13 +57,12 @@ struct Channel {
     sent_target: Option<Target>,
     /// The current work's share cap (see `JobTemplate::share_cap`).
     cap: Option<Target>,
-    book: JobBook,
-    /// Jobs sent: id, the padding this channel's coinbase used (a few bytes: u32 keeps the
-    /// entry at 16 bytes), template.
-    jobs: VecDeque<(u32, u32, Arc<JobTemplate>)>,
+    /// Jobs sent, each with its template (one list: a second one beside it cost ~200 B per
+    /// channel); the padding a job's coinbase used is read back from the job.
+    book: JobBook<Arc<JobTemplate>>,
     /// Headers of accepted shares → their template's `seq`. The book catches duplicates per
     /// job id; a template re-sent under a new id (vardiff) must not credit the same header
-    /// twice. Pruned with the jobs.
+    /// twice. Pruned with the book's jobs.
     accepted: HashMap<[u8; 80], u64>,
     current: Option<Arc<JobTemplate>>,
     /// How many times the current template was re-sent (vardiff) on this channel.
@@ -530,8 +529,7 @@ impl Session {
                 .borrow()
                 .as_ref()
                 .and_then(|t| t.share_cap()),
-            book: JobBook::new(self.ctx.grace_secs, JOBS_KEPT),
-            jobs: VecDeque::with_capacity(JOBS_KEPT),
+            book: JobBook::tagged(self.ctx.grace_secs, JOBS_KEPT),
             accepted: HashMap::new(),
             current: None,
             resends: 0,
@@ -715,6 +713,11 @@ impl Session {
         let rolling_allowed = version_rolling && t.version_mask == BIP320_MASK;
         let mask = if rolling_allowed { BIP320_MASK } else { 0 };
         let job = t.shared_job(job_id as u64, ch.prefix.len(), ch.rolled, pad, mask, target);
+        debug_assert_eq!(
+            t.pad_of(&job),
+            pad,
+            "a share's pad is read back from its job"
+        );
         let min_ntime = (!clean).then_some(t.job.ntime);
         let standard_job = match ch.kind {
             Kind::Standard => Some(Message::NewMiningJob {
@@ -726,13 +729,12 @@ impl Session {
             }),
             Kind::Extended => None,
         };
-        ch.book.add(job, clean, unix_now());
-        if ch.jobs.len() >= JOBS_KEPT {
-            ch.jobs.pop_front();
-            let oldest = ch.jobs.front().map_or(t.seq, |(_, _, j)| j.seq);
+        ch.book.add_tagged(job, t.clone(), clean, unix_now());
+        // A share can only be admitted for a kept job: older templates' headers can go.
+        if !ch.accepted.is_empty() {
+            let oldest = ch.book.tags().map(|j| j.seq).min().unwrap_or(t.seq);
             ch.accepted.retain(|_, seq| *seq >= oldest);
         }
-        ch.jobs.push_back((job_id, pad as u32, t.clone()));
         if t.epoch != ch.seen_epoch {
             ch.seen_epoch = t.epoch;
             let mut timer = self.group.switch.lock().expect("switch lock");
@@ -811,8 +813,8 @@ impl Session {
             }
             _ => ch.full_extranonce(),
         };
-        let (template, pad) = match ch.jobs.iter().find(|(j, _, _)| *j == job_id) {
-            Some((_, pad, t)) => (Some(t.clone()), *pad as usize),
+        let (template, pad) = match ch.book.get(job_id as u64) {
+            Some((job, t)) => (Some(t.clone()), t.pad_of(job)),
             None => (None, 0),
         };
         let sub = Submission {
