@@ -99,6 +99,27 @@ impl Fold {
     }
 }
 
+/// A miner's extranonce prefix (1..=8 bytes), held inline: as a `Vec` it was one more
+/// allocation on every miner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    bytes: [u8; 8],
+    len: u8,
+}
+
+impl std::ops::Deref for Prefix {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl AsRef<[u8]> for Prefix {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Hands out unique miner prefixes and takes them back when miners leave. Fresh prefixes are
 /// used first and released ones only after the space is exhausted, oldest first, so a miner that
 /// reconnects does not get a prefix whose shares on a still-live job were just seen upstream.
@@ -128,14 +149,19 @@ impl PrefixAllocator {
         }
     }
 
-    pub fn allocate(&mut self) -> Option<Vec<u8>> {
+    pub fn allocate(&mut self) -> Option<Prefix> {
         let n = if self.next < self.capacity() {
             self.next += 1;
             self.next - 1
         } else {
             self.free.pop_front()?
         };
-        Some(n.to_be_bytes()[8 - self.bytes..].to_vec())
+        let mut bytes = [0u8; 8];
+        bytes[..self.bytes].copy_from_slice(&n.to_be_bytes()[8 - self.bytes..]);
+        Some(Prefix {
+            bytes,
+            len: self.bytes as u8,
+        })
     }
 
     pub fn release(&mut self, prefix: &[u8]) {
@@ -194,15 +220,19 @@ mod tests {
     #[test]
     fn prefixes_are_unique_reused_and_bounded() {
         let mut a = PrefixAllocator::new(1);
-        let all: Vec<_> = std::iter::from_fn(|| a.allocate()).collect();
+        let all: Vec<Vec<u8>> = std::iter::from_fn(|| a.allocate().map(|p| p.to_vec())).collect();
         assert_eq!(all.len(), 255);
         let set: std::collections::BTreeSet<_> = all.iter().cloned().collect();
         assert_eq!(set.len(), 255);
         assert!(!set.contains(&vec![0u8]));
         a.release(&[42]);
         a.release(&[7]);
-        assert_eq!(a.allocate(), Some(vec![42]), "oldest released first");
-        assert_eq!(a.allocate(), Some(vec![7]));
+        assert_eq!(
+            a.allocate().as_deref(),
+            Some(&[42][..]),
+            "oldest released first"
+        );
+        assert_eq!(a.allocate().as_deref(), Some(&[7][..]));
         assert_eq!(a.allocate(), None);
         let mut b = PrefixAllocator::new(1);
         let first = b.allocate().unwrap();

@@ -24,6 +24,7 @@ use super::{forward, share_target, sv1_reject, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_password, parse_username, MinerIdentity};
+use crate::layout::Prefix;
 use crate::template::JobTemplate;
 
 /// Jobs a miner may still submit to (a few blocks' worth plus vardiff re-sends).
@@ -42,7 +43,7 @@ struct Session {
     peer: SocketAddr,
     write: OwnedWriteHalf,
     out: String,
-    prefix: Option<Vec<u8>>,
+    prefix: Option<Prefix>,
     rolled: usize,
     xnsub: bool,
     /// Shared, so a share's records and replies need no copy of it.
@@ -252,8 +253,8 @@ impl Session {
                         .as_ref()
                         .map_or(self.group.space.rolled_bytes, |t| t.fold.rolled_bytes);
                 }
-                let prefix = self.prefix.clone().expect("allocated");
-                let session = hex::encode(&prefix);
+                let prefix = self.prefix.expect("allocated");
+                let session = hex::encode(prefix);
                 self.reply_ok(
                     &req.id,
                     sv1::subscribe_result(&session, &prefix, self.rolled),
@@ -376,7 +377,7 @@ impl Session {
         if t.fold.rolled_bytes != self.rolled {
             if self.xnsub {
                 self.rolled = t.fold.rolled_bytes;
-                let prefix = self.prefix.clone().unwrap_or_default();
+                let prefix = self.prefix.map(|p| p.to_vec()).unwrap_or_default();
                 self.out.push_str(
                     &PoolMessage::SetExtranonce {
                         extranonce1: prefix,

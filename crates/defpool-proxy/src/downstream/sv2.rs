@@ -24,6 +24,7 @@ use super::{forward, share_target, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_username, MinerIdentity};
+use crate::layout::Prefix;
 use crate::template::JobTemplate;
 
 const JOBS_KEPT: usize = 12;
@@ -48,7 +49,7 @@ enum Kind {
 struct Channel {
     kind: Kind,
     identity: Arc<MinerIdentity>,
-    prefix: Vec<u8>,
+    prefix: Prefix,
     /// Bytes the miner rolls (extended) or we fill with zeros (standard).
     rolled: usize,
     vardiff: Vardiff,
@@ -80,7 +81,7 @@ impl Channel {
     }
 
     fn full_extranonce(&self) -> Vec<u8> {
-        let mut e = self.prefix.clone();
+        let mut e = self.prefix.to_vec();
         e.resize(self.prefix.len() + self.rolled, 0);
         e
     }
@@ -549,7 +550,7 @@ impl Session {
                 channel_id,
                 target: target.to_le_bytes(),
                 extranonce_size: rolled as u16,
-                extranonce_prefix: ch.prefix.clone(),
+                extranonce_prefix: ch.prefix.to_vec(),
                 group_channel_id: GROUP_CHANNEL_ID,
             },
         };
@@ -807,7 +808,7 @@ impl Session {
         };
         let full = match (&extranonce, ch.kind) {
             (Some(e), Kind::Extended) => {
-                let mut f = ch.prefix.clone();
+                let mut f = ch.prefix.to_vec();
                 f.extend_from_slice(e);
                 f
             }
