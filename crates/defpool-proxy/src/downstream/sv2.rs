@@ -87,14 +87,71 @@ impl Channel {
     }
 }
 
+/// A connection's channels, sorted by id (binary search: a translating proxy may open thousands
+/// on one connection). A vector sized to its content instead of a hash map: a map reserves
+/// buckets for several entries, where a miner's connection has one channel. Boxed entries: a
+/// channel is a few hundred bytes.
+#[derive(Default)]
+struct ChannelMap(Vec<(u32, Box<Channel>)>);
+
+impl ChannelMap {
+    fn find(&self, id: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(k, _)| *k)
+    }
+
+    fn get(&self, id: &u32) -> Option<&Channel> {
+        self.find(*id).ok().map(|i| &*self.0[i].1)
+    }
+
+    fn get_mut(&mut self, id: &u32) -> Option<&mut Channel> {
+        self.find(*id).ok().map(|i| &mut *self.0[i].1)
+    }
+
+    fn insert(&mut self, id: u32, ch: Box<Channel>) {
+        match self.find(id) {
+            Ok(i) => self.0[i].1 = ch,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    // One channel is the common case: no room reserved for four.
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (id, ch));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &u32) -> Option<Box<Channel>> {
+        self.find(*id).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &u32> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Channel> {
+        self.0.iter().map(|(_, c)| &**c)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u32, &Channel)> {
+        self.0.iter().map(|(k, c)| (k, &**c))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&u32, &mut Channel)> {
+        self.0.iter_mut().map(|(k, c)| (&*k, &mut **c))
+    }
+}
+
 struct Session {
     ctx: Arc<Context>,
     group: Arc<GroupShared>,
     port: Arc<PortSettings>,
     peer: SocketAddr,
     writer: Sv2Writer,
-    /// Boxed: a map reserves room for several entries, and a channel is a few hundred bytes.
-    channels: HashMap<u32, Box<Channel>>,
+    channels: ChannelMap,
     next_channel: u32,
     version_rolling: bool,
     closing: Option<String>,
@@ -155,7 +212,7 @@ pub async fn serve(
         port,
         peer,
         writer,
-        channels: HashMap::new(),
+        channels: ChannelMap::default(),
         next_channel: GROUP_CHANNEL_ID + 1,
         version_rolling: false,
         closing: None,
