@@ -519,9 +519,14 @@ phase_rss() {
 }
 
 # Proxy CPU per connection while N miners connect at a bounded rate (no new jobs meanwhile).
+# `phase_handshake KIND`: the full setup (SV1 subscribe + authorize; SV2 Noise, SetupConnection,
+# channel open). `phase_handshake KIND only`: the connection alone (SV1: TCP, nothing sent; SV2:
+# the Noise handshake, nothing sent after it), so SV2 minus SV1 is the handshake itself.
 phase_handshake() {
-  local kind=$1 n=5000 rate=1000 port extra=() i0 i1 idle_rate per
-  begin_phase "handshake-$kind"
+  local kind=$1 mode=${2:-full} n=5000 rate=1000 port extra=() i0 i1 idle_rate per done
+  local name="handshake-$kind" var="HANDSHAKE_US_${kind//-/_}"
+  [ "$mode" = only ] && { name="handshake-only-$kind"; var="HANDSHAKE_ONLY_US_${kind//-/_}"; }
+  begin_phase "$name"
   start_proxy 0.000001 0.002 60000
   port=$SV1_PORT
   [ "$kind" != sv1 ] && { port=$SV2_PORT; extra=(--authority-public-key "$PUB"); }
@@ -529,43 +534,30 @@ phase_handshake() {
   i0=$(cpu_ticks "$PROXY_PID"); sleep 3; i1=$(cpu_ticks "$PROXY_PID")
   idle_rate=$(calc "($i1 - $i0) / 3" 3)
   window_begin
-  miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
-    --username "$ADDRESS" --password d=0.000001 --idle --connect-rate $rate \
-    --duration $((n / rate + 12)) "${extra[@]}"
-  perf_window 1 $((n / rate))
-  wait_miners sha256d "$n" $((n / rate + 10))
-  window_end
-  stop "$LOADGEN_PID"
+  if [ "$mode" = only ]; then
+    miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
+      --username "$ADDRESS" --idle --handshake-only --connect-rate $rate \
+      --duration $((n / rate + 4)) "${extra[@]}"
+    perf_window 1 $((n / rate))
+    # The proxy counts no miner before SetupConnection / subscribe: wait out the ramp.
+    sleep $((n / rate + 1))
+    window_end
+    wait_loadgen $((n / rate + 10))
+    done="$(jq -r .connected "$PHASE_DIR/report.json") of $n connections made and held"
+  else
+    miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
+      --username "$ADDRESS" --password d=0.000001 --idle --connect-rate $rate \
+      --duration $((n / rate + 12)) "${extra[@]}"
+    perf_window 1 $((n / rate))
+    wait_miners sha256d "$n" $((n / rate + 10))
+    window_end
+    stop "$LOADGEN_PID"
+    done="$n connections"
+  fi
   stop_all
   per=$(calc "($W_PROXY - $idle_rate * $W_SECS) / $HZ * 1000000 / $n" 1)
-  eval "HANDSHAKE_US_${kind//-/_}=$per"
-  note "handshake $kind: $n connections in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
-}
-
-# Proxy CPU per connection that only connects (SV1: TCP, nothing sent) or only completes the
-# Noise handshake (SV2, nothing sent after it): the difference is the handshake itself, without
-# SetupConnection, channel opening and first jobs.
-phase_handshake_only() {
-  local kind=$1 n=5000 rate=1000 port extra=() i0 i1 idle_rate per held
-  begin_phase "handshake-only-$kind"
-  start_proxy 0.000001 0.002 60000
-  port=$SV1_PORT
-  [ "$kind" != sv1 ] && { port=$SV2_PORT; extra=(--authority-public-key "$PUB"); }
-  i0=$(cpu_ticks "$PROXY_PID"); sleep 3; i1=$(cpu_ticks "$PROXY_PID")
-  idle_rate=$(calc "($i1 - $i0) / 3" 3)
-  window_begin
-  miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
-    --username "$ADDRESS" --idle --handshake-only --connect-rate $rate \
-    --duration $((n / rate + 4)) "${extra[@]}"
-  perf_window 1 $((n / rate))
-  sleep $((n / rate + 1))
-  window_end
-  wait_loadgen $((n / rate + 10))
-  held=$(jq -r .connected "$PHASE_DIR/report.json")
-  stop_all
-  per=$(calc "($W_PROXY - $idle_rate * $W_SECS) / $HZ * 1000000 / $n" 1)
-  eval "HANDSHAKE_ONLY_US_${kind//-/_}=$per"
-  note "handshake-only $kind: $held of $n connections made and held in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
+  eval "$var=$per"
+  note "$name: $done in $(fmt "$W_SECS" 1) s, proxy $W_PROXY ticks (idle $(calc "$idle_rate * $W_SECS" 1)) => $per us of proxy CPU per connection; CPU in the window: $W_LOAD"
 }
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
@@ -587,8 +579,8 @@ for phase in $PHASES; do
       phase_handshake sv1
       phase_handshake sv2-extended
       note "handshake: SV2 (Noise NX + channel open) minus SV1 (subscribe + authorize): $(calc "$HANDSHAKE_US_sv2_extended - $HANDSHAKE_US_sv1" 1) us of proxy CPU"
-      phase_handshake_only sv1
-      phase_handshake_only sv2-extended
+      phase_handshake sv1 only
+      phase_handshake sv2-extended only
       note "handshake-only: SV2 Noise NX handshake minus a bare SV1 connection: $(calc "$HANDSHAKE_ONLY_US_sv2_extended - $HANDSHAKE_ONLY_US_sv1" 1) us of proxy CPU"
       ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
