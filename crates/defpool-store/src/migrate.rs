@@ -31,6 +31,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "worker facts on work rows",
         sql: include_str!("../migrations/sqlite/0002_worker_facts_on_work_rows.sql"),
     },
+    Migration {
+        version: 3,
+        name: "work keyed by time",
+        sql: include_str!("../migrations/sqlite/0003_work_keyed_by_time.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -43,6 +48,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "worker facts on work rows",
         sql: include_str!("../migrations/postgres/0002_worker_facts_on_work_rows.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "work keyed by time",
+        sql: include_str!("../migrations/postgres/0003_work_keyed_by_time.sql"),
     },
 ];
 

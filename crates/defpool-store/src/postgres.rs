@@ -18,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
+use crate::fold::{fold_horizon, late_folds, work_in_minutes, LateFold, COINS_WITH_WORK};
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
@@ -144,9 +145,17 @@ impl PgStore {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
             return Ok(outcome);
         }
+        // Shared: a fold (which locks the row for update) waits for batches in flight, and
+        // batches wait for a fold, so none writes rows the fold misses.
+        let folded_before: i64 =
+            sqlx::query_scalar("SELECT folded_before_ms FROM work_fold FOR SHARE")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("reading the fold horizon"))?;
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
         write_rows(&mut tx, &p, &new_users, &new_workers).await?;
+        write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -165,7 +174,54 @@ impl PgStore {
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
         self.known_workers.remember(&p.workers);
+        if let Some(newest) = p.newest_minute_ms {
+            let horizon = fold_horizon(newest, clamp_i64(now_ms()));
+            if horizon > folded_before {
+                // The batch is committed: a failed fold is retried by the next batch.
+                if let Err(e) = self.fold(horizon).await {
+                    tracing::warn!(error = %e, "folding work into worker totals failed; retried with the next batch");
+                }
+            }
+        }
         Ok(ApplyOutcome::Applied(summary))
+    }
+
+    /// Folds the work rows of minutes before `horizon` into the workers' folded columns.
+    async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning a fold"))?;
+        let from: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("reading the fold horizon"))?;
+        if horizon <= from {
+            return Ok(());
+        }
+        let folded = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
+             MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
+             SUM(w.rejected_shares), MAX(w.last_seen_ms), MAX(w.last_share_ms) FROM {} \
+             GROUP BY w.user_name, w.worker ORDER BY w.user_name, w.worker {FOLD_TAIL}",
+            work_in_minutes("$1", "$2")
+        ))
+        .bind(from)
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("folding work into worker totals"))?
+        .rows_affected();
+        sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("moving the fold horizon"))?;
+        tx.commit().await.map_err(db("committing a fold"))?;
+        tracing::debug!(
+            from,
+            horizon,
+            workers = folded,
+            "folded work into worker totals"
+        );
+        Ok(())
     }
 
     pub(crate) async fn last_sequence(&self, proxy: &ProxyId) -> Result<u64, StoreError> {
@@ -297,17 +353,25 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db("starting a snapshot"))?;
-        let rows = sqlx::query(
-            "SELECT r.user_name, r.worker, r.first_seen_ms, \
-             COALESCE(MAX(k.last_seen_ms), r.first_seen_ms), MAX(k.last_share_ms), \
-             COALESCE(SUM(k.accepted_shares), 0)::bigint, \
-             COALESCE(SUM(k.late_shares), 0)::bigint, \
-             COALESCE(SUM(k.rejected_shares), 0)::bigint FROM workers r \
-             LEFT JOIN work k ON k.user_name = r.user_name AND k.worker = r.worker \
-             WHERE r.user_name = $1 GROUP BY r.user_name, r.worker, r.first_seen_ms \
-             ORDER BY r.worker",
-        )
+        // Folded totals plus the rows after the fold horizon.
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK}, recent AS (SELECT w.worker, \
+             MAX(w.last_seen_ms) AS last_seen_ms, MAX(w.last_share_ms) AS last_share_ms, \
+             SUM(w.accepted_shares) AS accepted, SUM(w.late_shares) AS late, \
+             SUM(w.rejected_shares) AS rejected FROM {} AND w.user_name = $1 \
+             GROUP BY w.worker) \
+             SELECT r.user_name, r.worker, r.first_seen_ms, \
+             COALESCE(GREATEST(r.folded_last_seen_ms, k.last_seen_ms), r.first_seen_ms), \
+             GREATEST(r.folded_last_share_ms, k.last_share_ms), \
+             (r.folded_accepted_shares + COALESCE(k.accepted, 0))::bigint, \
+             (r.folded_late_shares + COALESCE(k.late, 0))::bigint, \
+             (r.folded_rejected_shares + COALESCE(k.rejected, 0))::bigint FROM workers r \
+             LEFT JOIN recent k ON k.worker = r.worker \
+             WHERE r.user_name = $1 ORDER BY r.worker",
+            work_in_minutes("(SELECT folded_before_ms FROM work_fold)", "$2")
+        ))
         .bind(user)
+        .bind(i64::MAX)
         .fetch_all(&mut *tx)
         .await
         .map_err(db("listing workers"))?;
@@ -349,12 +413,14 @@ impl PgStore {
         from_ms: u64,
         to_ms: u64,
     ) -> Result<Vec<WorkerWork>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT worker, SUM(work)::text, COALESCE(SUM(accepted_shares + late_shares), 0)::bigint, \
-             COALESCE(SUM(rejected_shares), 0)::bigint, COALESCE(SUM(stale_shares), 0)::bigint \
-             FROM work WHERE user_name = $1 AND minute_ms >= $2 AND minute_ms < $3 \
-             GROUP BY worker ORDER BY worker",
-        )
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} SELECT w.worker, SUM(w.work)::text, \
+             COALESCE(SUM(w.accepted_shares + w.late_shares), 0)::bigint, \
+             COALESCE(SUM(w.rejected_shares), 0)::bigint, \
+             COALESCE(SUM(w.stale_shares), 0)::bigint FROM {} \
+             AND w.user_name = $1 GROUP BY w.worker ORDER BY w.worker",
+            work_in_minutes("$2", "$3")
+        ))
         .bind(user)
         .bind(clamp_i64(from_ms))
         .bind(clamp_i64(to_ms))
@@ -1078,16 +1144,18 @@ impl PgStore {
         &self,
         active_since_ms: u64,
     ) -> Result<(u64, u64, u64), StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
-             (SELECT COUNT(*) FROM (SELECT DISTINCT user_name, worker FROM work \
-              WHERE coin IN (SELECT DISTINCT coin FROM coin_minute WHERE minute_ms >= $2) \
-              AND minute_ms >= $2 AND last_share_ms >= $1) AS active)",
-        )
+        let row = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} \
+             SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
+             (SELECT COUNT(*) FROM (SELECT DISTINCT w.user_name, w.worker FROM {} \
+              AND w.last_share_ms >= $1) AS active)",
+            work_in_minutes("$2", "$3")
+        ))
         .bind(crate::clamp_i64(active_since_ms))
         .bind(crate::clamp_i64(crate::prepare::minute_holding(
             active_since_ms,
         )))
+        .bind(i64::MAX)
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting users and workers"))?;
@@ -1102,12 +1170,16 @@ impl PgStore {
         &self,
         since_ms: u64,
     ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1")
-                .bind(crate::clamp_i64(since_ms))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("listing active workers"))?;
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} \
+             SELECT DISTINCT w.coin, w.user_name, w.worker FROM {}",
+            work_in_minutes("$1", "$2")
+        ))
+        .bind(crate::clamp_i64(since_ms))
+        .bind(i64::MAX)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing active workers"))?;
         rows.iter()
             .map(|r| {
                 let coin: String = get(r, 0, "coin")?;
@@ -1220,7 +1292,7 @@ const WRITE_ROWS: &str = "WITH \
       $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
       $23::bigint[], $24::bigint[]) \
       AS t(u, w, c, e, up, m, wk, a, l, r, s, f, ls, lsh) \
-      ON CONFLICT (user_name, worker, coin, epoch, upstream, minute_ms) DO UPDATE SET \
+      ON CONFLICT (coin, minute_ms, user_name, worker, epoch, upstream) DO UPDATE SET \
       work = work.work + EXCLUDED.work, \
       accepted_shares = work.accepted_shares + EXCLUDED.accepted_shares, \
       late_shares = work.late_shares + EXCLUDED.late_shares, \
@@ -1254,6 +1326,44 @@ const WRITE_COIN_MINUTES: &str = "INSERT INTO coin_minute (coin, minute_ms, work
       shares = coin_minute.shares + EXCLUDED.shares, \
       rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
       stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares";
+
+/// The head and conflict clause of an upsert that adds to workers' folded columns.
+const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
+    folded_accepted_shares, folded_late_shares, folded_rejected_shares, folded_last_seen_ms, \
+    folded_last_share_ms)";
+const FOLD_TAIL: &str = "ON CONFLICT (user_name, worker) DO UPDATE SET \
+    first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms), \
+    folded_accepted_shares = workers.folded_accepted_shares + EXCLUDED.folded_accepted_shares, \
+    folded_late_shares = workers.folded_late_shares + EXCLUDED.folded_late_shares, \
+    folded_rejected_shares = workers.folded_rejected_shares + EXCLUDED.folded_rejected_shares, \
+    folded_last_seen_ms = GREATEST(workers.folded_last_seen_ms, EXCLUDED.folded_last_seen_ms), \
+    folded_last_share_ms = GREATEST(workers.folded_last_share_ms, EXCLUDED.folded_last_share_ms)";
+
+/// Rows of minutes already folded go to the folded columns too.
+async fn write_late_folds(
+    conn: &mut PgConnection,
+    late: &[LateFold<'_>],
+) -> Result<(), StoreError> {
+    if late.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "{FOLD_HEAD} SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) {FOLD_TAIL}"
+    ))
+    .bind(late.iter().map(|f| f.user).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.worker).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.first_seen_ms).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.accepted).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.late).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.rejected).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.last_seen_ms).collect::<Vec<_>>())
+    .bind(late.iter().map(|f| f.last_share_ms).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(db("adding late work to worker totals"))?;
+    Ok(())
+}
 
 async fn write_rows(
     conn: &mut PgConnection,

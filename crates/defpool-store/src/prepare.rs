@@ -51,14 +51,15 @@ pub(crate) struct WorkerRow<'a> {
     pub first_seen_ms: i64,
 }
 
+/// A work row's key, its fields in the table's key order (rows are written in this order).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct WorkKey<'a> {
+    pub coin: &'a str,
+    pub minute_ms: i64,
     pub user: &'a str,
     pub worker: &'a str,
-    pub coin: &'a str,
     pub epoch: i64,
     pub upstream: &'a str,
-    pub minute_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub(crate) struct Prepared<'a> {
     pub user_minutes: Vec<((&'a str, i64, &'a str), Amounts)>,
     /// (coin, minute) → amounts.
     pub coin_minutes: Vec<((&'a str, i64), Amounts)>,
+    /// The newest minute of the batch's work rows.
+    pub newest_minute_ms: Option<i64>,
     pub work_records: usize,
     pub user_records: usize,
     pub total_work: u128,
@@ -242,6 +245,7 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
     p.workers = sorted(workers).into_iter().map(|(_, v)| v).collect();
     p.rejects = sorted(rejects);
     p.work = sorted(work);
+    p.newest_minute_ms = p.work.iter().map(|(k, _)| k.minute_ms).max();
     p.user_minutes = sorted(user_minutes);
     p.coin_minutes = sorted(coin_minutes);
     Ok(p)

@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
+use crate::fold::{fold_horizon, late_folds, work_in_minutes, LateFold, COINS_WITH_WORK};
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
@@ -37,6 +38,9 @@ pub struct SqliteStore {
 /// `SUM` of the four limbs of a table's work, as columns.
 const SUM_LIMBS: &str = "COALESCE(SUM(work0), 0), COALESCE(SUM(work1), 0), \
                          COALESCE(SUM(work2), 0), COALESCE(SUM(work3), 0)";
+/// [`SUM_LIMBS`] of work rows joined as `w`.
+const SUM_W_LIMBS: &str = "COALESCE(SUM(w.work0), 0), COALESCE(SUM(w.work1), 0), \
+                           COALESCE(SUM(w.work2), 0), COALESCE(SUM(w.work3), 0)";
 
 /// The `SET` clause adding `excluded`'s limbs to table `t`'s, with carries.
 fn add_limbs(t: &str) -> String {
@@ -197,9 +201,14 @@ impl SqliteStore {
                 return Ok(outcome);
             }
         }
+        let folded_before: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("reading the fold horizon"))?;
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
         write_rows(&mut tx, &p, &new_users, &new_workers).await?;
+        write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -218,7 +227,54 @@ impl SqliteStore {
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
         self.known_workers.remember(&p.workers);
+        if let Some(newest) = p.newest_minute_ms {
+            let horizon = fold_horizon(newest, clamp_i64(now_ms()));
+            if horizon > folded_before {
+                // The batch is committed: a failed fold is retried by the next batch.
+                if let Err(e) = self.fold(horizon).await {
+                    tracing::warn!(error = %e, "folding work into worker totals failed; retried with the next batch");
+                }
+            }
+        }
         Ok(ApplyOutcome::Applied(summary))
+    }
+
+    /// Folds the work rows of minutes before `horizon` into the workers' folded columns.
+    async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
+        let mut tx = self.write_tx("beginning a fold").await?;
+        let from: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("reading the fold horizon"))?;
+        if horizon <= from {
+            return Ok(());
+        }
+        let folded = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
+             MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
+             SUM(w.rejected_shares), MAX(w.last_seen_ms), MAX(w.last_share_ms) FROM {} \
+             GROUP BY w.user_name, w.worker {FOLD_TAIL}",
+            work_in_minutes("$1", "$2")
+        ))
+        .bind(from)
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("folding work into worker totals"))?
+        .rows_affected();
+        sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("moving the fold horizon"))?;
+        tx.commit().await.map_err(db("committing a fold"))?;
+        tracing::debug!(
+            from,
+            horizon,
+            workers = folded,
+            "folded work into worker totals"
+        );
+        Ok(())
     }
 
     pub(crate) async fn last_sequence(&self, proxy: &ProxyId) -> Result<u64, StoreError> {
@@ -346,15 +402,27 @@ impl SqliteStore {
 
     pub(crate) async fn workers(&self, user: &str) -> Result<Vec<WorkerInfo>, StoreError> {
         let mut tx = self.reader.begin().await.map_err(db("beginning a read"))?;
-        let rows = sqlx::query(
-            "SELECT r.user_name, r.worker, r.first_seen_ms, \
-             COALESCE(MAX(k.last_seen_ms), r.first_seen_ms), MAX(k.last_share_ms), \
-             COALESCE(SUM(k.accepted_shares), 0), COALESCE(SUM(k.late_shares), 0), \
-             COALESCE(SUM(k.rejected_shares), 0) FROM workers r \
-             LEFT JOIN work k ON k.user_name = r.user_name AND k.worker = r.worker \
-             WHERE r.user_name = $1 GROUP BY r.worker ORDER BY r.worker",
-        )
+        // Folded totals plus the rows after the fold horizon.
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK}, recent AS (SELECT w.worker, \
+             MAX(w.last_seen_ms) AS last_seen_ms, MAX(w.last_share_ms) AS last_share_ms, \
+             SUM(w.accepted_shares) AS accepted, SUM(w.late_shares) AS late, \
+             SUM(w.rejected_shares) AS rejected FROM {} AND w.user_name = $1 \
+             GROUP BY w.worker) \
+             SELECT r.user_name, r.worker, r.first_seen_ms, \
+             COALESCE(max(r.folded_last_seen_ms, k.last_seen_ms), r.folded_last_seen_ms, \
+               k.last_seen_ms, r.first_seen_ms), \
+             COALESCE(max(r.folded_last_share_ms, k.last_share_ms), r.folded_last_share_ms, \
+               k.last_share_ms), \
+             r.folded_accepted_shares + COALESCE(k.accepted, 0), \
+             r.folded_late_shares + COALESCE(k.late, 0), \
+             r.folded_rejected_shares + COALESCE(k.rejected, 0) FROM workers r \
+             LEFT JOIN recent k ON k.worker = r.worker \
+             WHERE r.user_name = $1 ORDER BY r.worker",
+            work_in_minutes("(SELECT folded_before_ms FROM work_fold)", "$2")
+        ))
         .bind(user)
+        .bind(i64::MAX)
         .fetch_all(&mut *tx)
         .await
         .map_err(db("listing workers"))?;
@@ -397,10 +465,11 @@ impl SqliteStore {
         to_ms: u64,
     ) -> Result<Vec<WorkerWork>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT worker, {SUM_LIMBS}, COALESCE(SUM(accepted_shares + late_shares), 0), \
-             COALESCE(SUM(rejected_shares), 0), COALESCE(SUM(stale_shares), 0) FROM work \
-             WHERE user_name = $1 AND minute_ms >= $2 AND minute_ms < $3 \
-             GROUP BY worker ORDER BY worker"
+            "WITH RECURSIVE {COINS_WITH_WORK} SELECT w.worker, {SUM_W_LIMBS}, \
+             COALESCE(SUM(w.accepted_shares + w.late_shares), 0), \
+             COALESCE(SUM(w.rejected_shares), 0), COALESCE(SUM(w.stale_shares), 0) FROM {} \
+             AND w.user_name = $1 GROUP BY w.worker ORDER BY w.worker",
+            work_in_minutes("$2", "$3")
         ))
         .bind(user)
         .bind(clamp_i64(from_ms))
@@ -1073,16 +1142,18 @@ impl SqliteStore {
         &self,
         active_since_ms: u64,
     ) -> Result<(u64, u64, u64), StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
-             (SELECT COUNT(*) FROM (SELECT DISTINCT user_name, worker FROM work \
-              WHERE coin IN (SELECT DISTINCT coin FROM coin_minute WHERE minute_ms >= $2) \
-              AND minute_ms >= $2 AND last_share_ms >= $1))",
-        )
+        let row = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} \
+             SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM workers), \
+             (SELECT COUNT(*) FROM (SELECT DISTINCT w.user_name, w.worker FROM {} \
+              AND w.last_share_ms >= $1))",
+            work_in_minutes("$2", "$3")
+        ))
         .bind(crate::clamp_i64(active_since_ms))
         .bind(crate::clamp_i64(crate::prepare::minute_holding(
             active_since_ms,
         )))
+        .bind(i64::MAX)
         .fetch_one(&self.reader)
         .await
         .map_err(db("counting users and workers"))?;
@@ -1097,12 +1168,16 @@ impl SqliteStore {
         &self,
         since_ms: u64,
     ) -> Result<Vec<(Ticker, String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT DISTINCT coin, user_name, worker FROM work WHERE minute_ms >= $1")
-                .bind(crate::clamp_i64(since_ms))
-                .fetch_all(&self.reader)
-                .await
-                .map_err(db("listing active workers"))?;
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} \
+             SELECT DISTINCT w.coin, w.user_name, w.worker FROM {}",
+            work_in_minutes("$1", "$2")
+        ))
+        .bind(crate::clamp_i64(since_ms))
+        .bind(i64::MAX)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("listing active workers"))?;
         rows.iter()
             .map(|r| {
                 let coin: String = get(r, 0, "coin")?;
@@ -1270,7 +1345,7 @@ async fn write_rows(
     )
     .await?;
     let work_tail = format!(
-        "ON CONFLICT (user_name, worker, coin, epoch, upstream, minute_ms) DO UPDATE SET \
+        "ON CONFLICT (coin, minute_ms, user_name, worker, epoch, upstream) DO UPDATE SET \
          {}, accepted_shares = work.accepted_shares + excluded.accepted_shares, \
          late_shares = work.late_shares + excluded.late_shares, \
          rejected_shares = work.rejected_shares + excluded.rejected_shares, \
@@ -1371,6 +1446,46 @@ async fn write_rows(
                 .bind(a.stale)
         },
         "writing coin rollups",
+    )
+    .await
+}
+
+/// The head and conflict clause of an upsert that adds to workers' folded columns.
+const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
+    folded_accepted_shares, folded_late_shares, folded_rejected_shares, folded_last_seen_ms, \
+    folded_last_share_ms)";
+const FOLD_TAIL: &str = "ON CONFLICT (user_name, worker) DO UPDATE SET \
+    first_seen_ms = min(workers.first_seen_ms, excluded.first_seen_ms), \
+    folded_accepted_shares = workers.folded_accepted_shares + excluded.folded_accepted_shares, \
+    folded_late_shares = workers.folded_late_shares + excluded.folded_late_shares, \
+    folded_rejected_shares = workers.folded_rejected_shares + excluded.folded_rejected_shares, \
+    folded_last_seen_ms = COALESCE(max(workers.folded_last_seen_ms, \
+      excluded.folded_last_seen_ms), workers.folded_last_seen_ms, excluded.folded_last_seen_ms), \
+    folded_last_share_ms = COALESCE(max(workers.folded_last_share_ms, \
+      excluded.folded_last_share_ms), workers.folded_last_share_ms, excluded.folded_last_share_ms)";
+
+/// Rows of minutes already folded go to the folded columns too.
+async fn write_late_folds(
+    conn: &mut SqliteConnection,
+    late: &[LateFold<'_>],
+) -> Result<(), StoreError> {
+    insert_values(
+        conn,
+        FOLD_HEAD,
+        8,
+        FOLD_TAIL,
+        late,
+        |q, f| {
+            q.bind(f.user)
+                .bind(f.worker)
+                .bind(f.first_seen_ms)
+                .bind(f.accepted)
+                .bind(f.late)
+                .bind(f.rejected)
+                .bind(f.last_seen_ms)
+                .bind(f.last_share_ms)
+        },
+        "adding late work to worker totals",
     )
     .await
 }

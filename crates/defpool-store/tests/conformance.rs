@@ -168,6 +168,7 @@ conformance!(
     concurrent_copies_of_a_batch_apply_once,
     bad_batches_change_nothing,
     users_and_workers_upsert,
+    worker_figures_are_exact_across_folds,
     work_sums_are_exact_beyond_u64,
     rollups_and_series,
     pplns_window,
@@ -274,7 +275,7 @@ async fn migrations_are_idempotent(db: &TestDb) {
     // The harness migrated once already.
     let again = s.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.version, 2);
+    assert_eq!(again.version, 3);
     // A second handle on the same database (a restarted server) finds nothing to do either.
     let other = Store::connect(&db.url).await.unwrap();
     assert!(other.migrate().await.unwrap().applied.is_empty());
@@ -496,6 +497,122 @@ async fn bad_batches_change_nothing(db: &TestDb) {
     assert!(matches!(err, StoreError::Database { .. }), "{err}");
     assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 1);
     assert_eq!(s.total_work().await.unwrap(), u128::MAX);
+}
+
+/// Where the fold stands (minutes before it are folded into the workers' totals).
+async fn folded_before(db: &TestDb) -> i64 {
+    let sql = "SELECT folded_before_ms FROM work_fold";
+    match &db.cleanup {
+        Cleanup::File(_) => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+        Cleanup::Schema { .. } => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}
+
+/// Batches over seven hours, in and out of order, for three workers; after each one every
+/// worker's lifetime figures and window sums equal a model kept by the test, whether the rows
+/// behind them are folded, recent, or arrived after their minute was folded.
+async fn worker_figures_are_exact_across_folds(db: &TestDb) {
+    #[derive(Default, Debug, PartialEq)]
+    struct Model {
+        first_seen_ms: u64,
+        last_seen_ms: u64,
+        last_share_ms: Option<u64>,
+        accepted: u64,
+        late: u64,
+        rejected: u64,
+        work: u128,
+    }
+    let s = &db.store;
+    let workers = [
+        ("ltc1qalice", "rig1"),
+        ("ltc1qalice", "rig2"),
+        ("ltc1qbob", "rig1"),
+    ];
+    let mut model: BTreeMap<(&str, &str), Model> = BTreeMap::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut late_batches = 0;
+    for seq in 1..=60u64 {
+        // Mostly forward in time, one batch in five far in the past.
+        let minute = if seq % 5 == 0 {
+            next(seq * 7)
+        } else {
+            seq * 7 + next(5)
+        };
+        let fold_before_batch = folded_before(db).await;
+        if ((T0 + minute * MIN) as i64) < fold_before_batch {
+            late_batches += 1;
+        }
+        let mut records = Vec::new();
+        for (i, (user, worker)) in workers.iter().enumerate() {
+            if next(4) == 0 {
+                continue;
+            }
+            let mut w = work(user, worker, "LTC", minute, u128::from(next(1_000)));
+            w.accepted_shares = next(3);
+            w.late_shares = next(2);
+            w.late_work = u128::from(w.late_shares * 10);
+            w.from_ms += i as u64 * 1_000;
+            w.to_ms = w.from_ms + 1_000 + next(50_000);
+            if next(3) == 0 {
+                w.rejected.insert("stale-share".into(), 1 + next(2));
+            }
+            let m = model.entry((*user, *worker)).or_insert_with(|| Model {
+                first_seen_ms: w.from_ms,
+                ..Model::default()
+            });
+            m.first_seen_ms = m.first_seen_ms.min(w.from_ms);
+            m.last_seen_ms = m.last_seen_ms.max(w.to_ms);
+            if w.accepted_shares + w.late_shares > 0 {
+                m.last_share_ms = m.last_share_ms.max(Some(w.to_ms));
+            }
+            m.accepted += w.accepted_shares;
+            m.late += w.late_shares;
+            m.rejected += w.rejected.values().sum::<u64>();
+            m.work += w.accepted_work + w.late_work;
+            records.push(Record::Work(w));
+        }
+        applied(s.apply_batch(&batch("p1", seq, records)).await.unwrap());
+
+        for user in ["ltc1qalice", "ltc1qbob"] {
+            let stored = s.workers(user).await.unwrap();
+            let window = s.worker_work(user, T0, T0 + 1_000 * MIN).await.unwrap();
+            let expected: Vec<_> = model.iter().filter(|((u, _), _)| *u == user).collect();
+            assert_eq!(stored.len(), expected.len(), "batch {seq}");
+            assert_eq!(window.len(), expected.len(), "batch {seq}");
+            for ((((_, worker), m), got), sums) in expected.iter().zip(&stored).zip(&window) {
+                let as_stored = Model {
+                    first_seen_ms: got.first_seen_ms,
+                    last_seen_ms: got.last_seen_ms,
+                    last_share_ms: got.last_share_ms,
+                    accepted: got.accepted_shares,
+                    late: got.late_shares,
+                    rejected: got.rejected_shares,
+                    work: sums.work,
+                };
+                assert_eq!(got.worker, *worker);
+                assert_eq!(&as_stored, *m, "{user}.{worker} after batch {seq}");
+                assert_eq!(sums.shares, m.accepted + m.late, "{user}.{worker}");
+                assert_eq!(sums.rejected_shares, m.rejected, "{user}.{worker}");
+            }
+        }
+    }
+    // The run crossed several fold horizons and wrote rows behind them.
+    assert!(folded_before(db).await >= (T0 + 5 * 60 * MIN) as i64 - 3_600_000);
+    assert!(late_batches >= 5, "{late_batches} late batches");
+    let total: u128 = model.values().map(|m| m.work).sum();
+    assert_eq!(s.total_work().await.unwrap(), total);
 }
 
 async fn users_and_workers_upsert(db: &TestDb) {
@@ -1600,7 +1717,9 @@ async fn worker_figures_survive_the_move_to_work_rows() {
          INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 60000, 7, 0, 0, 0, 3, 1, 2, 1);
          INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 120000, 9, 0, 0, 0, 2, 0, 0, 0);
          INSERT INTO user_minute VALUES ('alice', 'LTC', 60000, 7, 0, 0, 0, 4, 2, 1);
-         INSERT INTO user_minute VALUES ('alice', 'LTC', 120000, 9, 0, 0, 0, 2, 0, 0);",
+         INSERT INTO user_minute VALUES ('alice', 'LTC', 120000, 9, 0, 0, 0, 2, 0, 0);
+         INSERT INTO coin_minute VALUES ('LTC', 60000, 7, 0, 0, 0, 4, 2, 1);
+         INSERT INTO coin_minute VALUES ('LTC', 120000, 9, 0, 0, 0, 2, 0, 0);",
     )
     .await
     .unwrap();
@@ -1612,7 +1731,7 @@ async fn worker_figures_survive_the_move_to_work_rows() {
     c.close().await.unwrap();
 
     let s = Store::connect(&url).await.unwrap();
-    assert_eq!(s.migrate().await.unwrap().applied, vec![2]);
+    assert_eq!(s.migrate().await.unwrap().applied, vec![2, 3]);
     let w = &s.workers("alice").await.unwrap()[0];
     assert_eq!(
         (w.first_seen_ms, w.last_seen_ms, w.last_share_ms),

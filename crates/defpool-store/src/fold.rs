@@ -1,0 +1,188 @@
+//! The fold: a worker's lifetime figures (share counts, last sighting, last share) kept on its
+//! registry row for all work before a horizon, so that work rows can be keyed by time.
+//!
+//! Work rows are keyed (coin, minute, user, worker, …): a batch appends next to the previous
+//! one instead of touching one page per worker. Summing a worker's rows by key is then no
+//! longer possible; instead, once a batch's newest minute is an hour past a whole hour, the
+//! minutes before that hour are folded into the `folded_*` columns of `workers`, and
+//! `work_fold.folded_before_ms` moves on. A worker's figures are its folded columns plus its
+//! rows from `folded_before_ms` on. Rows that arrive for minutes already folded (a proxy
+//! replaying an old outbox) are added to the folded columns in the same transaction.
+
+use std::collections::BTreeMap;
+
+use crate::error::StoreError;
+use crate::prepare::{WorkKey, WorkRow};
+
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+
+/// SQL shared by both backends: `coins`, every coin with work, found by walking the
+/// `coin_minute` key from one coin to the next (a handful of lookups, not a scan). Reads by
+/// user or worker go from these coins to their `coin_minute` rows in a time range, then to the
+/// work rows of each (coin, minute) by key.
+pub(crate) const COINS_WITH_WORK: &str = "coins(coin) AS (SELECT MIN(coin) FROM coin_minute \
+    UNION ALL SELECT (SELECT MIN(m.coin) FROM coin_minute m WHERE m.coin > coins.coin) \
+    FROM coins WHERE coins.coin IS NOT NULL)";
+
+/// The work rows of the minutes `[$from, $to)`, from `coins` (see [`COINS_WITH_WORK`]): joins
+/// `coins c`, `coin_minute cm` and `work w` in that order (SQLite keeps the order of a CROSS
+/// JOIN); the caller's conditions follow with `AND`.
+pub(crate) fn work_in_minutes(from: &str, to: &str) -> String {
+    format!(
+        "coins c CROSS JOIN coin_minute cm CROSS JOIN work w \
+         WHERE cm.coin = c.coin AND cm.minute_ms >= {from} AND cm.minute_ms < {to} \
+         AND w.coin = cm.coin AND w.minute_ms = cm.minute_ms"
+    )
+}
+
+/// Where the fold may move to after a batch whose newest minute is `newest_minute_ms`, at
+/// wall-clock time `now_ms`: the start of the hour before the newest minute's hour. A whole
+/// hour or more stays unfolded, so a late batch usually lands after the horizon; a record
+/// dated in the future (a proxy's clock) moves the horizon no further than the clock here.
+pub(crate) fn fold_horizon(newest_minute_ms: i64, now_ms: i64) -> i64 {
+    let t = newest_minute_ms.min(now_ms);
+    t - t.rem_euclid(HOUR_MS) - HOUR_MS
+}
+
+/// A worker's figures from rows of minutes already folded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LateFold<'a> {
+    pub user: &'a str,
+    pub worker: &'a str,
+    pub first_seen_ms: i64,
+    pub accepted: i64,
+    pub late: i64,
+    pub rejected: i64,
+    pub last_seen_ms: i64,
+    pub last_share_ms: Option<i64>,
+}
+
+/// The batch's rows for minutes before `folded_before_ms`, added up per worker in key order.
+pub(crate) fn late_folds<'a>(
+    work: &[(WorkKey<'a>, WorkRow)],
+    folded_before_ms: i64,
+) -> Result<Vec<LateFold<'a>>, StoreError> {
+    let mut by_worker: BTreeMap<(&str, &str), LateFold<'a>> = BTreeMap::new();
+    for (k, r) in work.iter().filter(|(k, _)| k.minute_ms < folded_before_ms) {
+        let f = by_worker
+            .entry((k.user, k.worker))
+            .or_insert_with(|| LateFold {
+                user: k.user,
+                worker: k.worker,
+                first_seen_ms: r.first_seen_ms,
+                accepted: 0,
+                late: 0,
+                rejected: 0,
+                last_seen_ms: r.last_seen_ms,
+                last_share_ms: None,
+            });
+        f.first_seen_ms = f.first_seen_ms.min(r.first_seen_ms);
+        f.accepted = add(f.accepted, r.accepted)?;
+        f.late = add(f.late, r.late)?;
+        f.rejected = add(f.rejected, r.rejected)?;
+        f.last_seen_ms = f.last_seen_ms.max(r.last_seen_ms);
+        f.last_share_ms = f.last_share_ms.max(r.last_share_ms);
+    }
+    Ok(by_worker.into_values().collect())
+}
+
+fn add(a: i64, b: i64) -> Result<i64, StoreError> {
+    a.checked_add(b).ok_or_else(|| StoreError::OutOfRange {
+        what: "folded share count",
+        value: format!("{a} + {b}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_trails_the_newest_minute_by_a_whole_hour() {
+        let now = i64::MAX;
+        // Within the first two hours nothing is folded.
+        assert_eq!(fold_horizon(0, now), -HOUR_MS);
+        assert_eq!(fold_horizon(HOUR_MS - 60_000, now), -HOUR_MS);
+        assert_eq!(fold_horizon(HOUR_MS, now), 0);
+        assert_eq!(fold_horizon(2 * HOUR_MS - 60_000, now), 0);
+        assert_eq!(fold_horizon(2 * HOUR_MS, now), HOUR_MS);
+        // At least one whole hour before the newest minute stays unfolded.
+        for m in (0..10 * HOUR_MS).step_by(60_000) {
+            let h = fold_horizon(m, now);
+            assert!(m - h >= HOUR_MS && m - h < 2 * HOUR_MS, "{m} -> {h}");
+            assert_eq!(h.rem_euclid(HOUR_MS), 0);
+        }
+        // A record from the future moves it no further than the clock.
+        assert_eq!(fold_horizon(100 * HOUR_MS, 5 * HOUR_MS + 1), 4 * HOUR_MS);
+    }
+
+    fn row(minute_ms: i64, accepted: i64, last_share_ms: Option<i64>) -> WorkRow {
+        WorkRow {
+            work: 1,
+            accepted,
+            late: 1,
+            rejected: 2,
+            stale: 0,
+            first_seen_ms: minute_ms,
+            last_seen_ms: minute_ms + 30_000,
+            last_share_ms,
+        }
+    }
+
+    fn key<'a>(user: &'a str, worker: &'a str, minute_ms: i64) -> WorkKey<'a> {
+        WorkKey {
+            coin: "LTC",
+            minute_ms,
+            user,
+            worker,
+            epoch: 1,
+            upstream: "up",
+        }
+    }
+
+    #[test]
+    fn late_rows_add_up_per_worker_and_later_rows_are_left_out() {
+        let work = vec![
+            (key("a", "r1", 0), row(0, 3, Some(10_000))),
+            (key("a", "r1", 60_000), row(60_000, 4, None)),
+            (key("b", "r1", 0), row(0, 0, None)),
+            (key("a", "r1", 120_000), row(120_000, 100, Some(150_000))),
+        ];
+        let late = late_folds(&work, 120_000).unwrap();
+        assert_eq!(
+            late,
+            vec![
+                LateFold {
+                    user: "a",
+                    worker: "r1",
+                    first_seen_ms: 0,
+                    accepted: 7,
+                    late: 2,
+                    rejected: 4,
+                    last_seen_ms: 90_000,
+                    last_share_ms: Some(10_000),
+                },
+                LateFold {
+                    user: "b",
+                    worker: "r1",
+                    first_seen_ms: 0,
+                    accepted: 0,
+                    late: 1,
+                    rejected: 2,
+                    last_seen_ms: 30_000,
+                    last_share_ms: None,
+                },
+            ]
+        );
+        assert!(late_folds(&work, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_overflowing_count_is_an_error() {
+        let work = vec![
+            (key("a", "r1", 0), row(0, i64::MAX, None)),
+            (key("a", "r1", 60_000), row(60_000, 1, None)),
+        ];
+        assert!(late_folds(&work, HOUR_MS).is_err());
+    }
+}
