@@ -35,6 +35,50 @@ pub(crate) fn work_in_minutes(from: &str, to: &str) -> String {
     )
 }
 
+/// The two SQL dialects' spelling of the larger of two nullable values (NULL only when both
+/// are).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub(crate) fn greatest(self, a: &str, b: &str) -> String {
+        match self {
+            // SQLite's two-argument max() is NULL when either is.
+            Dialect::Sqlite => format!("COALESCE(max({a}, {b}), {a}, {b})"),
+            Dialect::Postgres => format!("GREATEST({a}, {b})"),
+        }
+    }
+}
+
+/// `SELECT` of users (`u`) with their last sighting: the latest of their newest folded
+/// `user_minute` rows and of their work rows after the fold horizon. `one_user` reads the
+/// recent rows of `$1` only; otherwise one pass over the recent rows serves every user.
+pub(crate) fn select_users(d: Dialect, one_user: bool) -> String {
+    let recent = work_in_minutes(
+        "(SELECT folded_before_ms FROM work_fold)",
+        "9223372036854775807",
+    );
+    let only = if one_user { "AND w.user_name = $1" } else { "" };
+    let folded = "(SELECT MAX(m.last_seen_ms) FROM user_minute m WHERE m.user_name = u.user_name \
+        AND m.minute_ms = (SELECT MAX(minute_ms) FROM user_minute WHERE user_name = u.user_name))";
+    let last_seen = d.greatest(folded, "r.last_seen_ms");
+    let filter = if one_user {
+        "WHERE u.user_name = $1"
+    } else {
+        ""
+    };
+    format!(
+        "WITH RECURSIVE {COINS_WITH_WORK}, recent AS (SELECT w.user_name, \
+         MAX(w.last_seen_ms) AS last_seen_ms FROM {recent} {only} GROUP BY w.user_name) \
+         SELECT u.user_name, u.payout_address, u.first_seen_ms, \
+         COALESCE({last_seen}, u.first_seen_ms) FROM users u \
+         LEFT JOIN recent r ON r.user_name = u.user_name {filter} ORDER BY u.user_name"
+    )
+}
+
 /// Where the fold may move to after a batch whose newest minute is `newest_minute_ms`, at
 /// wall-clock time `now_ms`: the start of the hour before the newest minute's hour. A whole
 /// hour or more stays unfolded, so a late batch usually lands after the horizon; a record

@@ -18,7 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
-use crate::fold::{fold_horizon, late_folds, work_in_minutes, LateFold, COINS_WITH_WORK};
+use crate::fold::{
+    fold_horizon, late_folds, select_users, work_in_minutes, Dialect, LateFold, COINS_WITH_WORK,
+};
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
@@ -145,16 +147,10 @@ impl PgStore {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
             return Ok(outcome);
         }
-        // Shared: a fold (which locks the row for update) waits for batches in flight, and
-        // batches wait for a fold, so none writes rows the fold misses.
-        let folded_before: i64 =
-            sqlx::query_scalar("SELECT folded_before_ms FROM work_fold FOR SHARE")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db("reading the fold horizon"))?;
+        let folded_before = fold_horizon_locked(&mut tx, false).await?;
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
-        write_rows(&mut tx, &p, &new_users, &new_workers).await?;
+        write_rows(&mut tx, &p, &new_users, &new_workers, folded_before).await?;
         write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
@@ -189,10 +185,7 @@ impl PgStore {
     /// Folds the work rows of minutes before `horizon` into the workers' folded columns.
     async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("beginning a fold"))?;
-        let from: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("reading the fold horizon"))?;
+        let from = fold_horizon_locked(&mut tx, true).await?;
         if horizon <= from {
             return Ok(());
         }
@@ -209,6 +202,21 @@ impl PgStore {
         .await
         .map_err(db("folding work into worker totals"))?
         .rows_affected();
+        sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} INSERT INTO user_minute (user_name, minute_ms, \
+             coin, work, shares, rejected_shares, stale_shares, last_seen_ms) \
+             SELECT w.user_name, w.minute_ms, w.coin, SUM(w.work), \
+             SUM(w.accepted_shares + w.late_shares), SUM(w.rejected_shares), \
+             SUM(w.stale_shares), MAX(w.last_seen_ms) FROM {} \
+             GROUP BY w.user_name, w.minute_ms, w.coin \
+             ORDER BY w.user_name, w.minute_ms, w.coin {USER_MINUTE_CONFLICT}",
+            work_in_minutes("$1", "$2")
+        ))
+        .bind(from)
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("folding work into user rollups"))?;
         sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
             .bind(horizon)
             .execute(&mut *tx)
@@ -327,23 +335,19 @@ impl PgStore {
     }
 
     pub(crate) async fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users u ORDER BY u.user_name"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing users"))?;
+        let rows = sqlx::query(&select_users(Dialect::Postgres, false))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing users"))?;
         rows.iter().map(user_info).collect()
     }
 
     pub(crate) async fn user(&self, user: &str) -> Result<Option<UserInfo>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users u WHERE u.user_name = $1"
-        ))
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("reading a user"))?;
+        let row = sqlx::query(&select_users(Dialect::Postgres, true))
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a user"))?;
         row.as_ref().map(user_info).transpose()
     }
 
@@ -455,7 +459,20 @@ impl PgStore {
         let tail = "minute_ms >= $2 AND minute_ms < $3 AND ($4::text IS NULL OR coin = $4) \
                     GROUP BY b, coin ORDER BY b, coin";
         let sql = match user {
-            Some(_) => format!("SELECT {cols} FROM user_minute WHERE user_name = $1 AND {tail}"),
+            // Folded minutes from the user's rollup, later ones from its work rows.
+            Some(_) => format!(
+                "WITH RECURSIVE {COINS_WITH_WORK}, rows AS (SELECT minute_ms, coin, work, \
+                 shares, rejected_shares, stale_shares FROM user_minute \
+                 WHERE user_name = $1 AND minute_ms >= $2 AND minute_ms < $3 \
+                 AND minute_ms < (SELECT folded_before_ms FROM work_fold) \
+                 UNION ALL SELECT w.minute_ms, w.coin, w.work, \
+                 w.accepted_shares + w.late_shares, w.rejected_shares, w.stale_shares FROM {} \
+                 AND w.user_name = $1) SELECT {cols} FROM rows WHERE {tail}",
+                work_in_minutes(
+                    "GREATEST($2::bigint, (SELECT folded_before_ms FROM work_fold))",
+                    "$3"
+                )
+            ),
             None => format!("SELECT {cols} FROM coin_minute WHERE $1::text IS NULL AND {tail}"),
         };
         let rows = sqlx::query(&sql)
@@ -1314,6 +1331,14 @@ const WRITE_ROWS: &str = "WITH \
       last_seen_ms = GREATEST(user_minute.last_seen_ms, EXCLUDED.last_seen_ms)) \
     SELECT 1";
 
+/// The fold's conflict clause on the user rollup: as in [`WRITE_ROWS`].
+const USER_MINUTE_CONFLICT: &str = "ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
+      work = user_minute.work + EXCLUDED.work, \
+      shares = user_minute.shares + EXCLUDED.shares, \
+      rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
+      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares, \
+      last_seen_ms = GREATEST(user_minute.last_seen_ms, EXCLUDED.last_seen_ms)";
+
 /// The per-coin rollup, apart and last: every batch of a minute updates the same row, so its
 /// lock is taken just before the commit (as a CTE it may run first and hold the row for the
 /// whole statement, serialising concurrent batches).
@@ -1326,6 +1351,30 @@ const WRITE_COIN_MINUTES: &str = "INSERT INTO coin_minute (coin, minute_ms, work
       shares = coin_minute.shares + EXCLUDED.shares, \
       rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
       stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares";
+
+/// Takes the fold lock, then reads the fold horizon. Batches take the lock shared and a fold
+/// exclusively: a fold waits for batches in flight and batches wait for a fold, so no batch
+/// writes rows a fold misses. An advisory lock rather than a row lock, because sharing a row
+/// lock writes to the row (a multixact per batch). Two statements: a statement's snapshot is
+/// taken when it starts, and the read must see a fold that committed while the lock waited.
+async fn fold_horizon_locked(conn: &mut PgConnection, exclusive: bool) -> Result<i64, StoreError> {
+    // Advisory locks are per database: the key names this schema's fold.
+    let lock = if exclusive {
+        "pg_advisory_xact_lock"
+    } else {
+        "pg_advisory_xact_lock_shared"
+    };
+    sqlx::query(&format!(
+        "SELECT {lock}(hashtextextended(current_schema() || '.work_fold', 0))"
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(db("taking the fold lock"))?;
+    sqlx::query_scalar("SELECT folded_before_ms FROM work_fold")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading the fold horizon"))
+}
 
 /// The head and conflict clause of an upsert that adds to workers' folded columns.
 const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
@@ -1370,10 +1419,17 @@ async fn write_rows(
     p: &Prepared<'_>,
     users: &[UserRow<'_>],
     workers: &[WorkerRow<'_>],
+    folded_before: i64,
 ) -> Result<(), StoreError> {
     let rejects = &p.rejects;
     let work = &p.work;
-    let user_minutes = &p.user_minutes;
+    // The user rollup holds folded minutes only (later ones are read from the work rows): a
+    // batch writes it only for minutes already folded.
+    let user_minutes: Vec<_> = p
+        .user_minutes
+        .iter()
+        .filter(|((_, minute, _), _)| *minute < folded_before)
+        .collect();
     let coin_minutes = &p.coin_minutes;
     sqlx::query(WRITE_ROWS)
         .bind(users.iter().map(|u| u.user).collect::<Vec<_>>())
@@ -1689,13 +1745,6 @@ async fn audit_in(
     .await
     .map_err(db("writing an audit line"))
 }
-
-/// A user, with the last time any of its workers was seen: the latest of its newest minute's
-/// rollup rows (one per coin), two index lookups.
-const USER_COLUMNS: &str = "u.user_name, u.payout_address, u.first_seen_ms, \
-    COALESCE((SELECT MAX(m.last_seen_ms) FROM user_minute m WHERE m.user_name = u.user_name \
-    AND m.minute_ms = (SELECT MAX(minute_ms) FROM user_minute WHERE user_name = u.user_name)), \
-    u.first_seen_ms)";
 
 const BLOCK_COLUMNS: &str = "block_hash, coin, height, phase, reward, adapter, found_by, \
     upstream, user_name, worker, epoch, confirmations, reason, first_seen_ms, found_at_ms, \

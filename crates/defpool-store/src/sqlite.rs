@@ -17,7 +17,9 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
-use crate::fold::{fold_horizon, late_folds, work_in_minutes, LateFold, COINS_WITH_WORK};
+use crate::fold::{
+    fold_horizon, late_folds, select_users, work_in_minutes, Dialect, LateFold, COINS_WITH_WORK,
+};
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
@@ -207,7 +209,7 @@ impl SqliteStore {
             .map_err(db("reading the fold horizon"))?;
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
-        write_rows(&mut tx, &p, &new_users, &new_workers).await?;
+        write_rows(&mut tx, &p, &new_users, &new_workers, folded_before).await?;
         write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
@@ -262,6 +264,27 @@ impl SqliteStore {
         .await
         .map_err(db("folding work into worker totals"))?
         .rows_affected();
+        // Limb sums carried into limbs (each below 2^32).
+        let s1 = "(s1 + (s0 >> 32))";
+        let s2 = format!("(s2 + ({s1} >> 32))");
+        let s3 = format!("(s3 + ({s2} >> 32))");
+        sqlx::query(&format!(
+            "WITH RECURSIVE {COINS_WITH_WORK} {USER_MINUTE_HEAD} SELECT user_name, minute_ms, \
+             coin, s0 & 4294967295, {s1} & 4294967295, {s2} & 4294967295, {s3}, shares, \
+             rejected, stale, last_seen FROM (SELECT w.user_name, w.minute_ms, w.coin, \
+             SUM(w.work0) AS s0, SUM(w.work1) AS s1, SUM(w.work2) AS s2, SUM(w.work3) AS s3, \
+             SUM(w.accepted_shares + w.late_shares) AS shares, \
+             SUM(w.rejected_shares) AS rejected, SUM(w.stale_shares) AS stale, \
+             MAX(w.last_seen_ms) AS last_seen FROM {} \
+             GROUP BY w.user_name, w.minute_ms, w.coin) WHERE true {}",
+            work_in_minutes("$1", "$2"),
+            user_minute_tail()
+        ))
+        .bind(from)
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("folding work into user rollups"))?;
         sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
             .bind(horizon)
             .execute(&mut *tx)
@@ -380,23 +403,19 @@ impl SqliteStore {
     }
 
     pub(crate) async fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users u ORDER BY u.user_name"
-        ))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db("listing users"))?;
+        let rows = sqlx::query(&select_users(Dialect::Sqlite, false))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing users"))?;
         rows.iter().map(user_info).collect()
     }
 
     pub(crate) async fn user(&self, user: &str) -> Result<Option<UserInfo>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users u WHERE u.user_name = $1"
-        ))
-        .bind(user)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db("reading a user"))?;
+        let row = sqlx::query(&select_users(Dialect::Sqlite, true))
+            .bind(user)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db("reading a user"))?;
         row.as_ref().map(user_info).transpose()
     }
 
@@ -506,7 +525,17 @@ impl SqliteStore {
              COALESCE(SUM(rejected_shares), 0), COALESCE(SUM(stale_shares), 0)"
         );
         let sql = match user {
-            Some(_) => format!("SELECT {cols} FROM user_minute WHERE user_name = $1 AND {tail}"),
+            // Folded minutes from the user's rollup, later ones from its work rows.
+            Some(_) => format!(
+                "WITH RECURSIVE {COINS_WITH_WORK}, rows AS (SELECT minute_ms, coin, work0, \
+                 work1, work2, work3, shares, rejected_shares, stale_shares FROM user_minute \
+                 WHERE user_name = $1 AND minute_ms >= $2 AND minute_ms < $3 \
+                 AND minute_ms < (SELECT folded_before_ms FROM work_fold) \
+                 UNION ALL SELECT w.minute_ms, w.coin, w.work0, w.work1, w.work2, w.work3, \
+                 w.accepted_shares + w.late_shares, w.rejected_shares, w.stale_shares FROM {} \
+                 AND w.user_name = $1) SELECT {cols} FROM rows WHERE {tail}",
+                work_in_minutes("max($2, (SELECT folded_before_ms FROM work_fold))", "$3")
+            ),
             None => format!("SELECT {cols} FROM coin_minute WHERE $1 IS NULL AND {tail}"),
         };
         let rows = sqlx::query(&sql)
@@ -1305,6 +1334,7 @@ async fn write_rows(
     p: &Prepared<'_>,
     users: &[UserRow<'_>],
     workers: &[WorkerRow<'_>],
+    folded_before: i64,
 ) -> Result<(), StoreError> {
     insert_values(
         conn,
@@ -1387,21 +1417,20 @@ async fn write_rows(
         "writing work",
     )
     .await?;
-    let user_tail = format!(
-        "ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET {}, \
-         shares = user_minute.shares + excluded.shares, \
-         rejected_shares = user_minute.rejected_shares + excluded.rejected_shares, \
-         stale_shares = user_minute.stale_shares + excluded.stale_shares, \
-         last_seen_ms = max(user_minute.last_seen_ms, excluded.last_seen_ms)",
-        add_limbs("user_minute")
-    );
+    // The user rollup holds folded minutes only (later ones are read from the work rows): a
+    // batch writes it only for minutes already folded.
+    let late_user_minutes: Vec<_> = p
+        .user_minutes
+        .iter()
+        .filter(|((_, minute, _), _)| *minute < folded_before)
+        .cloned()
+        .collect();
     insert_values(
         conn,
-        "INSERT INTO user_minute (user_name, minute_ms, coin, work0, work1, work2, work3, \
-         shares, rejected_shares, stale_shares, last_seen_ms)",
+        USER_MINUTE_HEAD,
         11,
-        &user_tail,
-        &p.user_minutes,
+        &user_minute_tail(),
+        &late_user_minutes,
         |q, ((u, m, c), a)| {
             let l = limbs(a.work);
             q.bind(*u)
@@ -1448,6 +1477,20 @@ async fn write_rows(
         "writing coin rollups",
     )
     .await
+}
+
+const USER_MINUTE_HEAD: &str = "INSERT INTO user_minute (user_name, minute_ms, coin, work0, \
+    work1, work2, work3, shares, rejected_shares, stale_shares, last_seen_ms)";
+
+fn user_minute_tail() -> String {
+    format!(
+        "ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET {}, \
+         shares = user_minute.shares + excluded.shares, \
+         rejected_shares = user_minute.rejected_shares + excluded.rejected_shares, \
+         stale_shares = user_minute.stale_shares + excluded.stale_shares, \
+         last_seen_ms = max(user_minute.last_seen_ms, excluded.last_seen_ms)",
+        add_limbs("user_minute")
+    )
 }
 
 /// The head and conflict clause of an upsert that adds to workers' folded columns.
@@ -1666,13 +1709,6 @@ async fn audit_in(
     .await
     .map_err(db("writing an audit line"))
 }
-
-/// A user, with the last time any of its workers was seen: the latest of its newest minute's
-/// rollup rows (one per coin), two index lookups.
-const USER_COLUMNS: &str = "u.user_name, u.payout_address, u.first_seen_ms, \
-    COALESCE((SELECT MAX(m.last_seen_ms) FROM user_minute m WHERE m.user_name = u.user_name \
-    AND m.minute_ms = (SELECT MAX(minute_ms) FROM user_minute WHERE user_name = u.user_name)), \
-    u.first_seen_ms)";
 
 const BLOCK_COLUMNS: &str = "block_hash, coin, height, phase, reward, adapter, found_by, \
     upstream, user_name, worker, epoch, confirmations, reason, first_seen_ms, found_at_ms, \

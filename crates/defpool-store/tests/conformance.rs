@@ -169,6 +169,7 @@ conformance!(
     bad_batches_change_nothing,
     users_and_workers_upsert,
     worker_figures_are_exact_across_folds,
+    worker_totals_hold_under_concurrent_folds,
     work_sums_are_exact_beyond_u64,
     rollups_and_series,
     pplns_window,
@@ -515,8 +516,9 @@ async fn folded_before(db: &TestDb) -> i64 {
 }
 
 /// Batches over seven hours, in and out of order, for three workers; after each one every
-/// worker's lifetime figures and window sums equal a model kept by the test, whether the rows
-/// behind them are folded, recent, or arrived after their minute was folded.
+/// worker's lifetime figures and window sums, and every user's last sighting and hashrate
+/// series (per minute and per hour), equal a model kept by the test, whether the rows behind
+/// them are folded, recent, or arrived after their minute was folded.
 async fn worker_figures_are_exact_across_folds(db: &TestDb) {
     #[derive(Default, Debug, PartialEq)]
     struct Model {
@@ -535,6 +537,9 @@ async fn worker_figures_are_exact_across_folds(db: &TestDb) {
         ("ltc1qbob", "rig1"),
     ];
     let mut model: BTreeMap<(&str, &str), Model> = BTreeMap::new();
+    // Per user and minute: (work, shares, rejected, stale); per user: last sighting.
+    let mut minutes: BTreeMap<(&str, u64), (u128, u64, u64, u64)> = BTreeMap::new();
+    let mut last_seen: BTreeMap<&str, u64> = BTreeMap::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = |n: u64| {
         rng ^= rng << 13;
@@ -559,7 +564,9 @@ async fn worker_figures_are_exact_across_folds(db: &TestDb) {
             if next(4) == 0 {
                 continue;
             }
-            let mut w = work(user, worker, "LTC", minute, u128::from(next(1_000)));
+            // Values near 2^63 and 2^95: sums carry across 32-bit limbs and beyond u64.
+            let big = u128::from(next(4)) << (62 + 32 * next(2));
+            let mut w = work(user, worker, "LTC", minute, big + u128::from(next(1_000)));
             w.accepted_shares = next(3);
             w.late_shares = next(2);
             w.late_work = u128::from(w.late_shares * 10);
@@ -581,6 +588,14 @@ async fn worker_figures_are_exact_across_folds(db: &TestDb) {
             m.late += w.late_shares;
             m.rejected += w.rejected.values().sum::<u64>();
             m.work += w.accepted_work + w.late_work;
+            let stale = w.rejected.get("stale-share").copied().unwrap_or(0);
+            let slot = minutes.entry((*user, T0 + minute * MIN)).or_default();
+            slot.0 += w.accepted_work + w.late_work;
+            slot.1 += w.accepted_shares + w.late_shares;
+            slot.2 += stale;
+            slot.3 += stale;
+            let seen = last_seen.entry(*user).or_default();
+            *seen = (*seen).max(w.to_ms);
             records.push(Record::Work(w));
         }
         applied(s.apply_batch(&batch("p1", seq, records)).await.unwrap());
@@ -606,6 +621,42 @@ async fn worker_figures_are_exact_across_folds(db: &TestDb) {
                 assert_eq!(sums.shares, m.accepted + m.late, "{user}.{worker}");
                 assert_eq!(sums.rejected_shares, m.rejected, "{user}.{worker}");
             }
+            if let Some(seen) = last_seen.get(user) {
+                let info = s.user(user).await.unwrap().unwrap();
+                assert_eq!(info.last_seen_ms, *seen, "{user} after batch {seq}");
+                let listed = s.users().await.unwrap();
+                let listed = listed.iter().find(|u| u.user == user).unwrap();
+                assert_eq!(
+                    listed.last_seen_ms, *seen,
+                    "{user} listed after batch {seq}"
+                );
+            }
+            for bucket in [Bucket::Minute, Bucket::Hour] {
+                let size = bucket.millis();
+                let mut expected: BTreeMap<u64, (u128, u64, u64, u64)> = BTreeMap::new();
+                for ((_, t), v) in minutes.range((user, 0)..=(user, u64::MAX)) {
+                    let slot = expected.entry(t - t % size).or_default();
+                    slot.0 += v.0;
+                    slot.1 += v.1;
+                    slot.2 += v.2;
+                    slot.3 += v.3;
+                }
+                let series = s
+                    .hashrate_series(user, None, bucket, 0, T0 + 1_000 * MIN)
+                    .await
+                    .unwrap();
+                let got: BTreeMap<u64, (u128, u64, u64, u64)> = series
+                    .iter()
+                    .map(|p| {
+                        assert_eq!(p.coin, t("LTC"));
+                        (
+                            p.bucket_ms,
+                            (p.work, p.shares, p.rejected_shares, p.stale_shares),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, expected, "{user} per {bucket:?} after batch {seq}");
+            }
         }
     }
     // The run crossed several fold horizons and wrote rows behind them.
@@ -613,6 +664,67 @@ async fn worker_figures_are_exact_across_folds(db: &TestDb) {
     assert!(late_batches >= 5, "{late_batches} late batches");
     let total: u128 = model.values().map(|m| m.work).sum();
     assert_eq!(s.total_work().await.unwrap(), total);
+}
+
+/// Four proxies at once, each over five hours with some batches behind the fold horizon: folds
+/// run while other batches are in flight, and every share ends up counted exactly once.
+async fn worker_totals_hold_under_concurrent_folds(db: &TestDb) {
+    // Three rounds, each a new user seven hours on: more folds racing batches.
+    for round in 0..3u64 {
+        let user = format!("ltc1qpool{round}");
+        let tasks: Vec<_> = (0..4u64)
+            .map(|p| {
+                let s = db.store.clone();
+                let user = user.clone();
+                tokio::spawn(async move {
+                    for seq in 1..=40u64 {
+                        // Forward ten minutes a batch; every fourth batch three hours back.
+                        let minute = if seq % 4 == 0 {
+                            (seq * 10).saturating_sub(180)
+                        } else {
+                            seq * 10
+                        } + p
+                            + round * 420;
+                        let records = (0..20u64)
+                            .map(|k| {
+                                let mut w = work(&user, &format!("rig{k}"), "LTC", minute, 1);
+                                w.accepted_shares = 1 + p;
+                                Record::Work(w)
+                            })
+                            .collect();
+                        let b = batch(&format!("p{p}"), round * 40 + seq, records);
+                        applied(s.apply_batch(&b).await.unwrap());
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let folded = folded_before(db).await;
+        assert!(
+            folded > (T0 + (round * 420 + 180) * MIN) as i64,
+            "round {round}"
+        );
+        let workers = db.store.workers(&user).await.unwrap();
+        assert_eq!(workers.len(), 20);
+        for w in &workers {
+            // 40 batches from each proxy p, each with 1 + p shares per worker.
+            assert_eq!(
+                w.accepted_shares,
+                40 * (1 + 2 + 3 + 4),
+                "{user}.{}",
+                w.worker
+            );
+        }
+        let series = db
+            .store
+            .hashrate_series(&user, None, Bucket::Hour, 0, T0 + 10_000 * MIN)
+            .await
+            .unwrap();
+        assert_eq!(series.iter().map(|p| p.work).sum::<u128>(), 4 * 40 * 20);
+        assert_eq!(series.iter().map(|p| p.shares).sum::<u64>(), 20 * 40 * 10);
+    }
 }
 
 async fn users_and_workers_upsert(db: &TestDb) {
@@ -1694,7 +1806,9 @@ async fn futures_are_send(db: &TestDb) {
 // ---------------------------------------------------------------------------------------------
 
 /// A database written by schema 1 (worker counters on `workers`) keeps every worker figure and
-/// each user's last sighting through migration 2, which moves them onto the work rows.
+/// each user's last sighting through migration 2, which moves them onto the work rows, and
+/// through migration 3, which keys work rows by time and folds old minutes (the first fold
+/// after it rebuilds the user rollup without counting anything twice).
 #[tokio::test]
 async fn worker_figures_survive_the_move_to_work_rows() {
     use sha2::Digest;
@@ -1746,6 +1860,33 @@ async fn worker_figures_survive_the_move_to_work_rows() {
         125_000
     );
     assert_eq!(s.total_work().await.unwrap(), 16);
+    let series = |s: Store| async move {
+        s.hashrate_series("alice", None, Bucket::Hour, 0, u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| (p.work, p.shares, p.rejected_shares))
+            .fold((0, 0, 0), |a, p| (a.0 + p.0, a.1 + p.1, a.2 + p.2))
+    };
+    assert_eq!(series(s.clone()).await, (16, 6, 2));
+
+    // Migration 3: a batch three hours on folds the old minutes; nothing counts twice.
+    let mut later = work("alice", "rig1", "LTC", 0, 5);
+    later.from_ms = 3 * 3_600_000;
+    later.to_ms = later.from_ms + 1_000;
+    applied(
+        s.apply_batch(&batch("p1", 1, vec![Record::Work(later)]))
+            .await
+            .unwrap(),
+    );
+    let w = &s.workers("alice").await.unwrap()[0];
+    assert_eq!(
+        (w.accepted_shares, w.late_shares, w.rejected_shares),
+        (6, 1, 2)
+    );
+    assert_eq!(w.last_seen_ms, 3 * 3_600_000 + 1_000);
+    assert_eq!(series(s.clone()).await, (21, 7, 2));
+    assert_eq!(s.total_work().await.unwrap(), 21);
     s.close().await;
     remove_sqlite(&path);
 }
