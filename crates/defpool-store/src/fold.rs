@@ -3,11 +3,16 @@
 //!
 //! Work rows are keyed (coin, minute, user, worker, …): a batch appends next to the previous
 //! one instead of touching one page per worker. Summing a worker's rows by key is then no
-//! longer possible; instead, once a batch's newest minute is an hour past a whole hour, the
-//! minutes before that hour are folded into the `folded_*` columns of `workers`, and
+//! longer possible; instead, minutes more than an hour older than the newest minute written are
+//! folded into the `folded_*` columns of `workers` and into the per-user minute rollup, and
 //! `work_fold.folded_before_ms` moves on. A worker's figures are its folded columns plus its
-//! rows from `folded_before_ms` on. Rows that arrive for minutes already folded (a proxy
-//! replaying an old outbox) are added to the folded columns in the same transaction.
+//! rows from `folded_before_ms` on (about an hour of minutes). Rows that arrive for minutes
+//! already folded (a proxy replaying an old outbox) are added to the folded figures in their
+//! batch's transaction.
+//!
+//! A fold runs after a batch whose newest minute moved the horizon: in steady state one minute
+//! of rows, at most [`FOLD_STEP_MS`] when catching up (after the upgrade that introduced it, or
+//! an outage), so a fold holds the writer briefly.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +20,11 @@ use crate::error::StoreError;
 use crate::prepare::{WorkKey, WorkRow};
 
 pub(crate) const HOUR_MS: i64 = 3_600_000;
+const MINUTE_MS: i64 = 60_000;
+/// How far the fold trails the newest minute: a late batch within it is written like any other.
+pub(crate) const FOLD_LAG_MS: i64 = HOUR_MS;
+/// The most one fold takes on.
+pub(crate) const FOLD_STEP_MS: i64 = HOUR_MS;
 
 /// SQL shared by both backends: `coins`, every coin with work, found by walking the
 /// `coin_minute` key from one coin to the next (a handful of lookups, not a scan). Reads by
@@ -80,12 +90,29 @@ pub(crate) fn select_users(d: Dialect, one_user: bool) -> String {
 }
 
 /// Where the fold may move to after a batch whose newest minute is `newest_minute_ms`, at
-/// wall-clock time `now_ms`: the start of the hour before the newest minute's hour. A whole
-/// hour or more stays unfolded, so a late batch usually lands after the horizon; a record
-/// dated in the future (a proxy's clock) moves the horizon no further than the clock here.
+/// wall-clock time `now_ms`: [`FOLD_LAG_MS`] before that minute. A record dated in the future
+/// (a proxy's clock) moves it no further than the clock here.
 pub(crate) fn fold_horizon(newest_minute_ms: i64, now_ms: i64) -> i64 {
     let t = newest_minute_ms.min(now_ms);
-    t - t.rem_euclid(HOUR_MS) - HOUR_MS
+    t - t.rem_euclid(MINUTE_MS) - FOLD_LAG_MS
+}
+
+/// SQL shared by both backends: the first minute with work at or after `$1` (one index lookup
+/// per coin), NULL when there is none.
+pub(crate) fn first_minute_from() -> String {
+    format!(
+        "WITH RECURSIVE {COINS_WITH_WORK} SELECT MIN((SELECT MIN(m.minute_ms) FROM coin_minute m \
+         WHERE m.coin = c.coin AND m.minute_ms >= $1)) FROM coins c"
+    )
+}
+
+/// Where one fold from `from` towards `horizon` stops, given the first minute with work at or
+/// after `from`: at most [`FOLD_STEP_MS`] past that minute (empty stretches are skipped).
+pub(crate) fn fold_until(from: i64, first_minute: Option<i64>, horizon: i64) -> i64 {
+    match first_minute {
+        Some(first) if first < horizon => horizon.min(first.max(from).saturating_add(FOLD_STEP_MS)),
+        _ => horizon,
+    }
 }
 
 /// A worker's figures from rows of minutes already folded.
@@ -142,22 +169,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_horizon_trails_the_newest_minute_by_a_whole_hour() {
+    fn the_horizon_trails_the_newest_minute_by_an_hour() {
         let now = i64::MAX;
-        // Within the first two hours nothing is folded.
+        // Within the first hour nothing is folded.
         assert_eq!(fold_horizon(0, now), -HOUR_MS);
-        assert_eq!(fold_horizon(HOUR_MS - 60_000, now), -HOUR_MS);
+        assert_eq!(fold_horizon(HOUR_MS - 60_000, now), -60_000);
         assert_eq!(fold_horizon(HOUR_MS, now), 0);
-        assert_eq!(fold_horizon(2 * HOUR_MS - 60_000, now), 0);
-        assert_eq!(fold_horizon(2 * HOUR_MS, now), HOUR_MS);
-        // At least one whole hour before the newest minute stays unfolded.
         for m in (0..10 * HOUR_MS).step_by(60_000) {
-            let h = fold_horizon(m, now);
-            assert!(m - h >= HOUR_MS && m - h < 2 * HOUR_MS, "{m} -> {h}");
-            assert_eq!(h.rem_euclid(HOUR_MS), 0);
+            assert_eq!(fold_horizon(m, now), m - HOUR_MS);
+            // Any time within the minute counts as the minute.
+            assert_eq!(fold_horizon(m + 59_999, now), m - HOUR_MS);
         }
         // A record from the future moves it no further than the clock.
-        assert_eq!(fold_horizon(100 * HOUR_MS, 5 * HOUR_MS + 1), 4 * HOUR_MS);
+        assert_eq!(
+            fold_horizon(100 * HOUR_MS, 5 * HOUR_MS + 61_000),
+            4 * HOUR_MS + 60_000
+        );
+    }
+
+    #[test]
+    fn a_fold_takes_at_most_a_step_and_skips_empty_stretches() {
+        let h = 10 * HOUR_MS;
+        // Steady state: the one minute behind the horizon.
+        assert_eq!(fold_until(h - 60_000, Some(h - 60_000), h), h);
+        // Nothing to fold, or nothing before the horizon: straight to the horizon.
+        assert_eq!(fold_until(0, None, h), h);
+        assert_eq!(fold_until(0, Some(h), h), h);
+        assert_eq!(fold_until(0, Some(h + 5), h), h);
+        // Catching up: a step from the first minute with work, not from an empty past.
+        assert_eq!(fold_until(0, Some(HOUR_MS), h), 2 * HOUR_MS);
+        assert_eq!(fold_until(0, Some(h - 60_000), h), h);
+        // Never backwards, never past the horizon.
+        for from in (0..h).step_by(600_000) {
+            for first in (from..h + HOUR_MS).step_by(700_000) {
+                let until = fold_until(from, Some(first), h);
+                assert!(until > from && until <= h, "{from} {first} -> {until}");
+                assert!(until >= h.min(first + 1), "{from} {first} -> {until}");
+            }
+        }
     }
 
     fn row(minute_ms: i64, accepted: i64, last_share_ms: Option<i64>) -> WorkRow {

@@ -19,7 +19,8 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::fold::{
-    fold_horizon, late_folds, select_users, work_in_minutes, Dialect, LateFold, COINS_WITH_WORK,
+    first_minute_from, fold_horizon, fold_until, late_folds, select_users, work_in_minutes,
+    Dialect, LateFold, COINS_WITH_WORK,
 };
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
@@ -182,13 +183,20 @@ impl PgStore {
         Ok(ApplyOutcome::Applied(summary))
     }
 
-    /// Folds the work rows of minutes before `horizon` into the workers' folded columns.
+    /// Folds the work rows of unfolded minutes towards `horizon` (one step, see
+    /// [`fold_until`]) into the workers' folded columns and the user rollup.
     async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("beginning a fold"))?;
         let from = fold_horizon_locked(&mut tx, true).await?;
         if horizon <= from {
             return Ok(());
         }
+        let first: Option<i64> = sqlx::query_scalar(&first_minute_from())
+            .bind(from)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("finding the first unfolded minute"))?;
+        let until = fold_until(from, first, horizon);
         let folded = sqlx::query(&format!(
             "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
              MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
@@ -197,7 +205,7 @@ impl PgStore {
             work_in_minutes("$1", "$2")
         ))
         .bind(from)
-        .bind(horizon)
+        .bind(until)
         .execute(&mut *tx)
         .await
         .map_err(db("folding work into worker totals"))?
@@ -213,21 +221,21 @@ impl PgStore {
             work_in_minutes("$1", "$2")
         ))
         .bind(from)
-        .bind(horizon)
+        .bind(until)
         .execute(&mut *tx)
         .await
         .map_err(db("folding work into user rollups"))?;
         sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
-            .bind(horizon)
+            .bind(until)
             .execute(&mut *tx)
             .await
             .map_err(db("moving the fold horizon"))?;
         tx.commit().await.map_err(db("committing a fold"))?;
         tracing::debug!(
             from,
-            horizon,
+            until,
             workers = folded,
-            "folded work into worker totals"
+            "folded work into worker totals and user rollups"
         );
         Ok(())
     }

@@ -18,7 +18,8 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::fold::{
-    fold_horizon, late_folds, select_users, work_in_minutes, Dialect, LateFold, COINS_WITH_WORK,
+    first_minute_from, fold_horizon, fold_until, late_folds, select_users, work_in_minutes,
+    Dialect, LateFold, COINS_WITH_WORK,
 };
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
@@ -241,7 +242,8 @@ impl SqliteStore {
         Ok(ApplyOutcome::Applied(summary))
     }
 
-    /// Folds the work rows of minutes before `horizon` into the workers' folded columns.
+    /// Folds the work rows of unfolded minutes towards `horizon` (one step, see
+    /// [`fold_until`]) into the workers' folded columns and the user rollup.
     async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
         let mut tx = self.write_tx("beginning a fold").await?;
         let from: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold")
@@ -251,6 +253,12 @@ impl SqliteStore {
         if horizon <= from {
             return Ok(());
         }
+        let first: Option<i64> = sqlx::query_scalar(&first_minute_from())
+            .bind(from)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("finding the first unfolded minute"))?;
+        let until = fold_until(from, first, horizon);
         let folded = sqlx::query(&format!(
             "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
              MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
@@ -259,7 +267,7 @@ impl SqliteStore {
             work_in_minutes("$1", "$2")
         ))
         .bind(from)
-        .bind(horizon)
+        .bind(until)
         .execute(&mut *tx)
         .await
         .map_err(db("folding work into worker totals"))?
@@ -281,21 +289,21 @@ impl SqliteStore {
             user_minute_tail()
         ))
         .bind(from)
-        .bind(horizon)
+        .bind(until)
         .execute(&mut *tx)
         .await
         .map_err(db("folding work into user rollups"))?;
         sqlx::query("UPDATE work_fold SET folded_before_ms = $1")
-            .bind(horizon)
+            .bind(until)
             .execute(&mut *tx)
             .await
             .map_err(db("moving the fold horizon"))?;
         tx.commit().await.map_err(db("committing a fold"))?;
         tracing::debug!(
             from,
-            horizon,
+            until,
             workers = folded,
-            "folded work into worker totals"
+            "folded work into worker totals and user rollups"
         );
         Ok(())
     }
