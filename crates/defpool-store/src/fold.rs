@@ -97,6 +97,17 @@ pub(crate) fn fold_horizon(newest_minute_ms: i64, now_ms: i64) -> i64 {
     t - t.rem_euclid(MINUTE_MS) - FOLD_LAG_MS
 }
 
+/// The horizon to fold towards after a batch (newest minute `newest_minute_ms`) applied with
+/// the fold at `folded_before_ms`, if the batch moved it.
+pub(crate) fn fold_due(
+    newest_minute_ms: Option<i64>,
+    folded_before_ms: i64,
+    now_ms: i64,
+) -> Option<i64> {
+    let horizon = fold_horizon(newest_minute_ms?, now_ms);
+    (horizon > folded_before_ms).then_some(horizon)
+}
+
 /// SQL shared by both backends: the first minute with work at or after `$1` (one index lookup
 /// per coin), NULL when there is none.
 pub(crate) fn first_minute_from() -> String {
@@ -184,6 +195,19 @@ mod tests {
         assert_eq!(
             fold_horizon(100 * HOUR_MS, 5 * HOUR_MS + 61_000),
             4 * HOUR_MS + 60_000
+        );
+    }
+
+    #[test]
+    fn a_fold_is_due_when_a_batch_moves_the_horizon() {
+        let now = i64::MAX;
+        assert_eq!(fold_due(None, 0, now), None);
+        assert_eq!(fold_due(Some(HOUR_MS), 0, now), None);
+        assert_eq!(fold_due(Some(HOUR_MS + 60_000), 0, now), Some(60_000));
+        assert_eq!(fold_due(Some(HOUR_MS + 60_000), 60_000, now), None);
+        assert_eq!(
+            fold_due(Some(5 * HOUR_MS), 60_000, 2 * HOUR_MS),
+            Some(HOUR_MS)
         );
     }
 

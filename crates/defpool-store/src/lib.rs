@@ -136,8 +136,8 @@ impl Store {
     /// [`ApplyOutcome::Duplicate`] (acknowledge it again); one after a missing batch is
     /// [`ApplyOutcome::Gap`]. Concurrent calls with the same batch apply it once.
     pub async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.apply_batch(batch).await,
+        let (outcome, fold) = match self {
+            Store::Sqlite(s) => s.apply_batch(batch).await?,
             Store::Postgres(s) => {
                 let mut attempt = 0;
                 loop {
@@ -146,11 +146,18 @@ impl Store {
                             attempt += 1;
                             tracing::debug!(error = %e, attempt, "retrying a batch after a deadlock");
                         }
-                        other => return other,
+                        other => break other?,
                     }
                 }
             }
+        };
+        if let Some(horizon) = fold {
+            // The batch is committed: a failed fold is only logged, and the next batch retries.
+            if let Err(e) = dispatch!(self, s => s.fold(horizon).await) {
+                tracing::warn!(error = %e, "folding old work into worker and user figures failed; the next batch retries");
+            }
         }
+        Ok(outcome)
     }
 
     /// The last sequence applied for `proxy` (0 if none).

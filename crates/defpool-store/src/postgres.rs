@@ -19,8 +19,8 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::fold::{
-    first_minute_from, fold_horizon, fold_until, late_folds, select_users, work_in_minutes,
-    Dialect, LateFold, COINS_WITH_WORK,
+    first_minute_from, fold_due, fold_until, late_folds, select_users, work_in_minutes, Dialect,
+    LateFold, COINS_WITH_WORK,
 };
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
@@ -141,12 +141,16 @@ impl PgStore {
         Ok(report)
     }
 
-    pub(crate) async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome, StoreError> {
+    /// Applies a batch; with the outcome, the horizon of a fold now due (see [`fold_due`]).
+    pub(crate) async fn apply_batch(
+        &self,
+        batch: &Batch,
+    ) -> Result<(ApplyOutcome, Option<i64>), StoreError> {
         let p = prepare(batch)?;
         let mut tx = self.pool.begin().await.map_err(db("beginning a batch"))?;
         if let Some(outcome) = advance_sequence(&mut tx, &p).await? {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
-            return Ok(outcome);
+            return Ok((outcome, None));
         }
         let folded_before = fold_horizon_locked(&mut tx, false).await?;
         let new_users = self.known_users.unknown(&p.users);
@@ -171,21 +175,13 @@ impl PgStore {
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
         self.known_workers.remember(&p.workers);
-        if let Some(newest) = p.newest_minute_ms {
-            let horizon = fold_horizon(newest, clamp_i64(now_ms()));
-            if horizon > folded_before {
-                // The batch is committed: a failed fold is retried by the next batch.
-                if let Err(e) = self.fold(horizon).await {
-                    tracing::warn!(error = %e, "folding work into worker totals failed; retried with the next batch");
-                }
-            }
-        }
-        Ok(ApplyOutcome::Applied(summary))
+        let fold = fold_due(p.newest_minute_ms, folded_before, clamp_i64(now_ms()));
+        Ok((ApplyOutcome::Applied(summary), fold))
     }
 
     /// Folds the work rows of unfolded minutes towards `horizon` (one step, see
     /// [`fold_until`]) into the workers' folded columns and the user rollup.
-    async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
+    pub(crate) async fn fold(&self, horizon: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("beginning a fold"))?;
         let from = fold_horizon_locked(&mut tx, true).await?;
         if horizon <= from {
