@@ -1919,6 +1919,78 @@ async fn ingest_rows_per_second() {
     }
 }
 
+/// The writer's pause for an hourly fold at a larger pool: 20,000 workers (10,000 users) with
+/// a record every minute for an hour (1.2 million records, loaded by four proxies), then one
+/// batch two hours on, whose fold folds that hour. Prints the fold batch's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn fold_pause() {
+    let sqlite = TestDb::sqlite().await;
+    fold_pause_on(&sqlite).await;
+    drop(sqlite);
+    if let Some(pg) = TestDb::postgres().await {
+        fold_pause_on(&pg).await;
+    }
+}
+
+async fn fold_pause_on(db: &TestDb) {
+    let s = &db.store;
+    let record = |k: u64, minute: u64| {
+        let mut w = work(
+            &format!("ltc1quser{:05}", k / 2),
+            &format!("rig{}", k % 2),
+            "LTC",
+            minute,
+            1u128 << 40,
+        );
+        w.accepted_shares = 30;
+        Record::Work(w)
+    };
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|p| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut seq = 0;
+                for minute in 0..60u64 {
+                    for part in (p * 5)..(p * 5 + 5) {
+                        seq += 1;
+                        let records = (part * 1_000..part * 1_000 + 1_000)
+                            .map(|k| record(k, minute))
+                            .collect();
+                        applied(
+                            s.apply_batch(&batch(&format!("p{p}"), seq, records))
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let loaded = started.elapsed();
+    let t = Instant::now();
+    // Two hours on: the hour loaded is folded after this batch.
+    applied(
+        s.apply_batch(&batch("p9", 1, vec![record(0, 120)]))
+            .await
+            .unwrap(),
+    );
+    let fold = t.elapsed();
+    let w = s.workers("ltc1quser00000").await.unwrap();
+    assert_eq!(w[0].accepted_shares, 61 * 30);
+    println!(
+        "{:?}: 1,200,000 records (20,000 workers × 60 minutes) loaded in {:.1} s; \
+         the batch that folds that hour took {:.2} s",
+        s.backend(),
+        loaded.as_secs_f64(),
+        fold.as_secs_f64()
+    );
+}
+
 fn ingest_batch(proxy_id: &str, seq: u64, offset: u64, same_minute: bool) -> Batch {
     let records = (0..1_000u64)
         .map(|i| {
@@ -1965,20 +2037,28 @@ async fn ingest(db: &TestDb, batches: u64, proxies: u64, same_minute: bool) {
         .map(|list| {
             let s = s.clone();
             tokio::spawn(async move {
+                let mut took = Vec::with_capacity(list.len());
                 for b in &list {
+                    let t = Instant::now();
                     applied(s.apply_batch(b).await.unwrap());
+                    took.push(t.elapsed());
                 }
+                took
             })
         })
         .collect();
+    // Each batch's time, folds included (a fold runs after the batch that makes it due).
+    let mut took = Vec::new();
     for task in tasks {
-        task.await.unwrap();
+        took.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed();
+    took.sort();
+    let ms = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
     let rows = per_proxy * proxies * 1_000;
     println!(
         "{:?}, {}: {rows} work records in {} batches of 1,000 from {proxies} prox{}: {:.2} s, \
-         {:.0} records/s",
+         {:.0} records/s; per batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         s.backend(),
         if same_minute {
             "same minute (updates)"
@@ -1988,7 +2068,10 @@ async fn ingest(db: &TestDb, batches: u64, proxies: u64, same_minute: bool) {
         per_proxy * proxies,
         if proxies == 1 { "y" } else { "ies" },
         elapsed.as_secs_f64(),
-        rows as f64 / elapsed.as_secs_f64()
+        rows as f64 / elapsed.as_secs_f64(),
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
     );
     assert_eq!(s.total_work().await.unwrap(), expected);
 }
