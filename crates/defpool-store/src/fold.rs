@@ -67,6 +67,49 @@ impl Dialect {
     }
 }
 
+/// The upsert adding to workers' folded columns: its head (rows follow, as `VALUES` or a
+/// `SELECT`) and its conflict clause.
+pub(crate) const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
+    folded_accepted_shares, folded_late_shares, folded_rejected_shares, folded_last_seen_ms, \
+    folded_last_share_ms)";
+
+pub(crate) fn fold_tail(d: Dialect) -> String {
+    let least = match d {
+        Dialect::Sqlite => "min",
+        Dialect::Postgres => "LEAST",
+    };
+    let (t, x) = ("workers", "excluded");
+    format!(
+        "ON CONFLICT (user_name, worker) DO UPDATE SET \
+         first_seen_ms = {least}({t}.first_seen_ms, {x}.first_seen_ms), \
+         folded_accepted_shares = {t}.folded_accepted_shares + {x}.folded_accepted_shares, \
+         folded_late_shares = {t}.folded_late_shares + {x}.folded_late_shares, \
+         folded_rejected_shares = {t}.folded_rejected_shares + {x}.folded_rejected_shares, \
+         folded_last_seen_ms = {}, folded_last_share_ms = {}",
+        d.greatest(
+            &format!("{t}.folded_last_seen_ms"),
+            &format!("{x}.folded_last_seen_ms")
+        ),
+        d.greatest(
+            &format!("{t}.folded_last_share_ms"),
+            &format!("{x}.folded_last_share_ms")
+        )
+    )
+}
+
+/// The fold's statement for the workers' columns: the work rows of minutes `[$1, $2)` added
+/// up per worker.
+pub(crate) fn fold_workers(d: Dialect) -> String {
+    format!(
+        "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
+         MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
+         SUM(w.rejected_shares), MAX(w.last_seen_ms), MAX(w.last_share_ms) FROM {} \
+         GROUP BY w.user_name, w.worker ORDER BY w.user_name, w.worker {}",
+        work_in_minutes("$1", "$2"),
+        fold_tail(d)
+    )
+}
+
 /// `SELECT` of users (`u`) with their last sighting: the latest of their newest folded
 /// `user_minute` rows and of their work rows after the fold horizon. `one_user` reads the
 /// recent rows of `$1` only; otherwise one pass over the recent rows serves every user.

@@ -19,8 +19,8 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::fold::{
-    first_minute_from, fold_due, fold_until, late_folds, select_users, work_in_minutes, Dialect,
-    LateFold, COINS_WITH_WORK,
+    first_minute_from, fold_due, fold_tail, fold_until, fold_workers, late_folds, select_users,
+    work_in_minutes, Dialect, LateFold, COINS_WITH_WORK, FOLD_HEAD,
 };
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
@@ -193,19 +193,13 @@ impl PgStore {
             .await
             .map_err(db("finding the first unfolded minute"))?;
         let until = fold_until(from, first, horizon);
-        let folded = sqlx::query(&format!(
-            "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
-             MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
-             SUM(w.rejected_shares), MAX(w.last_seen_ms), MAX(w.last_share_ms) FROM {} \
-             GROUP BY w.user_name, w.worker ORDER BY w.user_name, w.worker {FOLD_TAIL}",
-            work_in_minutes("$1", "$2")
-        ))
-        .bind(from)
-        .bind(until)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("folding work into worker totals"))?
-        .rows_affected();
+        let folded = sqlx::query(&fold_workers(Dialect::Postgres))
+            .bind(from)
+            .bind(until)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("folding work into worker totals"))?
+            .rows_affected();
         sqlx::query(&format!(
             "WITH RECURSIVE {COINS_WITH_WORK} INSERT INTO user_minute (user_name, minute_ms, \
              coin, work, shares, rejected_shares, stale_shares, last_seen_ms) \
@@ -1380,18 +1374,6 @@ async fn fold_horizon_locked(conn: &mut PgConnection, exclusive: bool) -> Result
         .map_err(db("reading the fold horizon"))
 }
 
-/// The head and conflict clause of an upsert that adds to workers' folded columns.
-const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
-    folded_accepted_shares, folded_late_shares, folded_rejected_shares, folded_last_seen_ms, \
-    folded_last_share_ms)";
-const FOLD_TAIL: &str = "ON CONFLICT (user_name, worker) DO UPDATE SET \
-    first_seen_ms = LEAST(workers.first_seen_ms, EXCLUDED.first_seen_ms), \
-    folded_accepted_shares = workers.folded_accepted_shares + EXCLUDED.folded_accepted_shares, \
-    folded_late_shares = workers.folded_late_shares + EXCLUDED.folded_late_shares, \
-    folded_rejected_shares = workers.folded_rejected_shares + EXCLUDED.folded_rejected_shares, \
-    folded_last_seen_ms = GREATEST(workers.folded_last_seen_ms, EXCLUDED.folded_last_seen_ms), \
-    folded_last_share_ms = GREATEST(workers.folded_last_share_ms, EXCLUDED.folded_last_share_ms)";
-
 /// Rows of minutes already folded go to the folded columns too.
 async fn write_late_folds(
     conn: &mut PgConnection,
@@ -1402,7 +1384,8 @@ async fn write_late_folds(
     }
     sqlx::query(&format!(
         "{FOLD_HEAD} SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
-         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) {FOLD_TAIL}"
+         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) {}",
+        fold_tail(Dialect::Postgres)
     ))
     .bind(late.iter().map(|f| f.user).collect::<Vec<_>>())
     .bind(late.iter().map(|f| f.worker).collect::<Vec<_>>())

@@ -18,8 +18,8 @@ use sqlx::Row;
 
 use crate::error::{corrupt, db, to_i64, to_u64, StoreError};
 use crate::fold::{
-    first_minute_from, fold_due, fold_until, late_folds, select_users, work_in_minutes, Dialect,
-    LateFold, COINS_WITH_WORK,
+    first_minute_from, fold_due, fold_tail, fold_until, fold_workers, late_folds, select_users,
+    work_in_minutes, Dialect, LateFold, COINS_WITH_WORK, FOLD_HEAD,
 };
 use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
@@ -255,19 +255,13 @@ impl SqliteStore {
             .await
             .map_err(db("finding the first unfolded minute"))?;
         let until = fold_until(from, first, horizon);
-        let folded = sqlx::query(&format!(
-            "WITH RECURSIVE {COINS_WITH_WORK} {FOLD_HEAD} SELECT w.user_name, w.worker, \
-             MIN(w.first_seen_ms), SUM(w.accepted_shares), SUM(w.late_shares), \
-             SUM(w.rejected_shares), MAX(w.last_seen_ms), MAX(w.last_share_ms) FROM {} \
-             GROUP BY w.user_name, w.worker {FOLD_TAIL}",
-            work_in_minutes("$1", "$2")
-        ))
-        .bind(from)
-        .bind(until)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("folding work into worker totals"))?
-        .rows_affected();
+        let folded = sqlx::query(&fold_workers(Dialect::Sqlite))
+            .bind(from)
+            .bind(until)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("folding work into worker totals"))?
+            .rows_affected();
         // Limb sums carried into limbs (each below 2^32).
         let s1 = "(s1 + (s0 >> 32))";
         let s2 = format!("(s2 + ({s1} >> 32))");
@@ -1497,20 +1491,6 @@ fn user_minute_tail() -> String {
     )
 }
 
-/// The head and conflict clause of an upsert that adds to workers' folded columns.
-const FOLD_HEAD: &str = "INSERT INTO workers (user_name, worker, first_seen_ms, \
-    folded_accepted_shares, folded_late_shares, folded_rejected_shares, folded_last_seen_ms, \
-    folded_last_share_ms)";
-const FOLD_TAIL: &str = "ON CONFLICT (user_name, worker) DO UPDATE SET \
-    first_seen_ms = min(workers.first_seen_ms, excluded.first_seen_ms), \
-    folded_accepted_shares = workers.folded_accepted_shares + excluded.folded_accepted_shares, \
-    folded_late_shares = workers.folded_late_shares + excluded.folded_late_shares, \
-    folded_rejected_shares = workers.folded_rejected_shares + excluded.folded_rejected_shares, \
-    folded_last_seen_ms = COALESCE(max(workers.folded_last_seen_ms, \
-      excluded.folded_last_seen_ms), workers.folded_last_seen_ms, excluded.folded_last_seen_ms), \
-    folded_last_share_ms = COALESCE(max(workers.folded_last_share_ms, \
-      excluded.folded_last_share_ms), workers.folded_last_share_ms, excluded.folded_last_share_ms)";
-
 /// Rows of minutes already folded go to the folded columns too.
 async fn write_late_folds(
     conn: &mut SqliteConnection,
@@ -1520,7 +1500,7 @@ async fn write_late_folds(
         conn,
         FOLD_HEAD,
         8,
-        FOLD_TAIL,
+        &fold_tail(Dialect::Sqlite),
         late,
         |q, f| {
             q.bind(f.user)
