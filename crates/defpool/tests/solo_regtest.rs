@@ -386,7 +386,21 @@ payout_scheme = "solo"
     wait_until("A follows", Duration::from_secs(60), || {
         a.best() == b.best()
     });
-    std::thread::sleep(Duration::from_secs(3)); // the adapter's tip poll
+    // The adapter's tip poll notices the maturity; its log line comes just before the event is
+    // appended to its outbox (a fixed wait here once proved too short on a loaded machine).
+    let hash432 = a.cli(&["getblockhash", "432"]);
+    let adapter_log = root.join("adapter.log");
+    wait_until(
+        "the adapter sees block 432 mature",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&adapter_log).is_ok_and(|log| {
+                log.lines()
+                    .any(|l| l.contains(&hash432) && l.contains("to=Matured"))
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
     let _ = Command::new("kill")
         .arg(adapter.child.id().to_string())
         .status();
@@ -406,12 +420,16 @@ payout_scheme = "solo"
         .collect();
     assert!(found.iter().any(|(h, _)| *h == 432), "found {found:?}");
     assert!(found.iter().any(|(h, _)| *h > 500), "found {found:?}");
-    let hash432 = &found.iter().find(|(h, _)| *h == 432).unwrap().1;
+    assert_eq!(
+        &found.iter().find(|(h, _)| *h == 432).unwrap().1,
+        &hash432,
+        "the block found at 432 is the one node A has there"
+    );
     let status = |hash: &str, state: BlockState| {
         events.iter().any(|e| matches!(e, Event::BlockStatus { block_hash, state: s, .. } if block_hash == hash && *s == state))
     };
     assert!(
-        status(hash432, BlockState::Matured),
+        status(&hash432, BlockState::Matured),
         "block 432 matured: {events:?}"
     );
     assert!(
