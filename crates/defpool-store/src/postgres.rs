@@ -152,11 +152,15 @@ impl PgStore {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
             return Ok((outcome, None));
         }
-        let folded_before = fold_horizon_locked(&mut tx, false).await?;
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
-        write_rows(&mut tx, &p, &new_users, &new_workers, folded_before).await?;
+        write_rows(&mut tx, &p, &new_users, &new_workers).await?;
+        // Which rows are late (their minute already folded) is decided last, under the fold
+        // lock, so that a fold waits only for batches at this point and not for their rows.
+        let folded_before = fold_horizon_locked(&mut tx, false).await?;
+        write_late_user_minutes(&mut tx, &p, folded_before).await?;
         write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
+        write_coin_minutes(&mut tx, &p).await?;
         let mut summary = ApplySummary {
             work_records: p.work_records,
             work_rows: p.work.len(),
@@ -1315,21 +1319,10 @@ const WRITE_ROWS: &str = "WITH \
       stale_shares = work.stale_shares + EXCLUDED.stale_shares, \
       first_seen_ms = LEAST(work.first_seen_ms, EXCLUDED.first_seen_ms), \
       last_seen_ms = GREATEST(work.last_seen_ms, EXCLUDED.last_seen_ms), \
-      last_share_ms = GREATEST(work.last_share_ms, EXCLUDED.last_share_ms)), \
-    ins_user_minute AS (INSERT INTO user_minute (user_name, minute_ms, coin, work, shares, \
-      rejected_shares, stale_shares, last_seen_ms) \
-      SELECT u, m, c, wk::numeric, s, r, st, ls FROM UNNEST($25::text[], $26::bigint[], \
-      $27::text[], $28::text[], $29::bigint[], $30::bigint[], $31::bigint[], $32::bigint[]) \
-      AS t(u, m, c, wk, s, r, st, ls) \
-      ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
-      work = user_minute.work + EXCLUDED.work, \
-      shares = user_minute.shares + EXCLUDED.shares, \
-      rejected_shares = user_minute.rejected_shares + EXCLUDED.rejected_shares, \
-      stale_shares = user_minute.stale_shares + EXCLUDED.stale_shares, \
-      last_seen_ms = GREATEST(user_minute.last_seen_ms, EXCLUDED.last_seen_ms)) \
+      last_share_ms = GREATEST(work.last_share_ms, EXCLUDED.last_share_ms)) \
     SELECT 1";
 
-/// The fold's conflict clause on the user rollup: as in [`WRITE_ROWS`].
+/// The conflict clause of the user rollup's upserts (the fold's, and a batch's late rows).
 const USER_MINUTE_CONFLICT: &str = "ON CONFLICT (user_name, minute_ms, coin) DO UPDATE SET \
       work = user_minute.work + EXCLUDED.work, \
       shares = user_minute.shares + EXCLUDED.shares, \
@@ -1350,11 +1343,14 @@ const WRITE_COIN_MINUTES: &str = "INSERT INTO coin_minute (coin, minute_ms, work
       rejected_shares = coin_minute.rejected_shares + EXCLUDED.rejected_shares, \
       stale_shares = coin_minute.stale_shares + EXCLUDED.stale_shares";
 
-/// Takes the fold lock, then reads the fold horizon. Batches take the lock shared and a fold
-/// exclusively: a fold waits for batches in flight and batches wait for a fold, so no batch
-/// writes rows a fold misses. An advisory lock rather than a row lock, because sharing a row
-/// lock writes to the row (a multixact per batch). Two statements: a statement's snapshot is
-/// taken when it starts, and the read must see a fold that committed while the lock waited.
+/// Takes the fold lock, then reads the fold horizon. A batch takes the lock shared after
+/// writing its work rows and before deciding which are late, and holds it to its commit; a
+/// fold takes it exclusively. So a fold sees every batch that decided before it (committed),
+/// and a batch whose rows the fold could not see (not committed yet) decides after the fold
+/// and folds those rows itself: nothing is missed or counted twice. An advisory lock rather
+/// than a row lock, because sharing a row lock writes to the row (a multixact per batch). Two
+/// statements: a statement's snapshot is taken when it starts, and the read must see a fold
+/// that committed while the lock waited.
 async fn fold_horizon_locked(conn: &mut PgConnection, exclusive: bool) -> Result<i64, StoreError> {
     // Advisory locks are per database: the key names this schema's fold.
     let lock = if exclusive {
@@ -1406,18 +1402,9 @@ async fn write_rows(
     p: &Prepared<'_>,
     users: &[UserRow<'_>],
     workers: &[WorkerRow<'_>],
-    folded_before: i64,
 ) -> Result<(), StoreError> {
     let rejects = &p.rejects;
     let work = &p.work;
-    // The user rollup holds folded minutes only (later ones are read from the work rows): a
-    // batch writes it only for minutes already folded.
-    let user_minutes: Vec<_> = p
-        .user_minutes
-        .iter()
-        .filter(|((_, minute, _), _)| *minute < folded_before)
-        .collect();
-    let coin_minutes = &p.coin_minutes;
     sqlx::query(WRITE_ROWS)
         .bind(users.iter().map(|u| u.user).collect::<Vec<_>>())
         .bind(users.iter().map(|u| u.payout_address).collect::<Vec<_>>())
@@ -1455,57 +1442,54 @@ async fn write_rows(
                 .map(|(_, r)| r.last_share_ms)
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|((u, _, _), _)| *u)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|((_, t, _), _)| *t)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|((_, _, c), _)| *c)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|(_, a)| a.work.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|(_, a)| a.shares)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|(_, a)| a.rejected)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|(_, a)| a.stale)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            user_minutes
-                .iter()
-                .map(|(_, a)| a.last_seen_ms)
-                .collect::<Vec<_>>(),
-        )
         .execute(&mut *conn)
         .await
         .map_err(db("writing a batch's rows"))?;
+    Ok(())
+}
+
+/// The user rollup holds folded minutes only (later ones are read from the work rows): a
+/// batch writes it only for minutes already folded.
+async fn write_late_user_minutes(
+    conn: &mut PgConnection,
+    p: &Prepared<'_>,
+    folded_before: i64,
+) -> Result<(), StoreError> {
+    let late: Vec<_> = p
+        .user_minutes
+        .iter()
+        .filter(|((_, minute, _), _)| *minute < folded_before)
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO user_minute (user_name, minute_ms, coin, work, shares, rejected_shares, \
+         stale_shares, last_seen_ms) SELECT u, m, c, wk::numeric, s, r, st, ls \
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+         $6::bigint[], $7::bigint[], $8::bigint[]) AS t(u, m, c, wk, s, r, st, ls) \
+         {USER_MINUTE_CONFLICT}"
+    ))
+    .bind(late.iter().map(|((u, _, _), _)| *u).collect::<Vec<_>>())
+    .bind(late.iter().map(|((_, t, _), _)| *t).collect::<Vec<_>>())
+    .bind(late.iter().map(|((_, _, c), _)| *c).collect::<Vec<_>>())
+    .bind(
+        late.iter()
+            .map(|(_, a)| a.work.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(late.iter().map(|(_, a)| a.shares).collect::<Vec<_>>())
+    .bind(late.iter().map(|(_, a)| a.rejected).collect::<Vec<_>>())
+    .bind(late.iter().map(|(_, a)| a.stale).collect::<Vec<_>>())
+    .bind(late.iter().map(|(_, a)| a.last_seen_ms).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(db("writing late user rollups"))?;
+    Ok(())
+}
+
+async fn write_coin_minutes(conn: &mut PgConnection, p: &Prepared<'_>) -> Result<(), StoreError> {
+    let coin_minutes = &p.coin_minutes;
     if coin_minutes.is_empty() {
         return Ok(());
     }
