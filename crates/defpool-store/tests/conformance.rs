@@ -1805,10 +1805,11 @@ async fn futures_are_send(db: &TestDb) {
 // Upgrades
 // ---------------------------------------------------------------------------------------------
 
-/// A database written by schema 1 (worker counters on `workers`) keeps every worker figure and
-/// each user's last sighting through migration 2, which moves them onto the work rows, and
-/// through migration 3, which keys work rows by time and folds old minutes (the first fold
-/// after it rebuilds the user rollup without counting anything twice).
+/// A database written by schema 1 (worker counters on `workers`), on SQLite and on
+/// PostgreSQL, keeps every worker figure and each user's last sighting through migration 2,
+/// which moves them onto the work rows, and through migration 3, which keys work rows by time
+/// and folds old minutes (the first fold after it rebuilds the user rollup without counting
+/// anything twice).
 #[tokio::test]
 async fn worker_figures_survive_the_move_to_work_rows() {
     use sha2::Digest;
@@ -1843,8 +1844,61 @@ async fn worker_figures_survive_the_move_to_work_rows() {
         .await
         .unwrap();
     c.close().await.unwrap();
-
     let s = Store::connect(&url).await.unwrap();
+    upgraded_figures(&s).await;
+    s.close().await;
+    remove_sqlite(&path);
+
+    // The same on PostgreSQL, in a schema of its own.
+    if std::env::var("DEFPOOL_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    let admin_url =
+        std::env::var("DEFPOOL_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_string());
+    let schema = format!("defpool_upgrade_{}_{}", std::process::id(), next_n());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+    let schema1 = include_str!("../migrations/postgres/0001_initial.sql");
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::Executor::execute(&mut c, schema1).await.unwrap();
+    sqlx::Executor::execute(
+        &mut c,
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         checksum TEXT NOT NULL, applied_at_ms BIGINT NOT NULL);
+         INSERT INTO users VALUES ('alice', 'bc1qalice', 1000);
+         INSERT INTO workers VALUES ('alice', 'rig1', 1000, 125000, 110000, 5, 1, 2);
+         INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 60000, 7, 3, 1, 2, 1);
+         INSERT INTO work VALUES ('alice', 'rig1', 'LTC', 1, 'up', 120000, 9, 2, 0, 0, 0);
+         INSERT INTO user_minute VALUES ('alice', 'LTC', 60000, 7, 4, 2, 1);
+         INSERT INTO user_minute VALUES ('alice', 'LTC', 120000, 9, 2, 0, 0);
+         INSERT INTO coin_minute VALUES ('LTC', 60000, 7, 4, 2, 1);
+         INSERT INTO coin_minute VALUES ('LTC', 120000, 9, 2, 0, 0);",
+    )
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO schema_migrations VALUES (1, 'initial', $1, 0)")
+        .bind(hex::encode(sha2::Sha256::digest(schema1.as_bytes())))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    // Dropped with the schema when this ends, also on a failed assertion.
+    let db = TestDb {
+        store: Store::connect(&url).await.unwrap(),
+        url,
+        cleanup: Cleanup::Schema { admin_url, schema },
+    };
+    upgraded_figures(&db.store).await;
+    db.store.close().await;
+}
+
+/// A schema-1 database with alice's figures, after migrating and after a fold.
+async fn upgraded_figures(s: &Store) {
     assert_eq!(s.migrate().await.unwrap().applied, vec![2, 3]);
     let w = &s.workers("alice").await.unwrap()[0];
     assert_eq!(
@@ -1887,8 +1941,6 @@ async fn worker_figures_survive_the_move_to_work_rows() {
     assert_eq!(w.last_seen_ms, 3 * 3_600_000 + 1_000);
     assert_eq!(series(s.clone()).await, (21, 7, 2));
     assert_eq!(s.total_work().await.unwrap(), 21);
-    s.close().await;
-    remove_sqlite(&path);
 }
 
 // ---------------------------------------------------------------------------------------------
