@@ -65,6 +65,13 @@ impl TestDb {
 
     /// `None` when PostgreSQL is skipped on purpose.
     async fn postgres() -> Option<TestDb> {
+        let db = TestDb::postgres_unmigrated().await?;
+        db.store.migrate().await.expect("migrate PostgreSQL");
+        Some(db)
+    }
+
+    /// A fresh, empty schema (nothing migrated); `None` when PostgreSQL is skipped on purpose.
+    async fn postgres_unmigrated() -> Option<TestDb> {
         if std::env::var("DEFPOOL_SKIP_POSTGRES").as_deref() == Ok("1") {
             eprintln!("DEFPOOL_SKIP_POSTGRES=1: skipping the PostgreSQL half");
             return None;
@@ -93,7 +100,6 @@ impl TestDb {
         let sep = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
         let store = Store::connect(&url).await.expect("connect PostgreSQL");
-        store.migrate().await.expect("migrate PostgreSQL");
         Some(TestDb {
             store,
             url,
@@ -1849,22 +1855,13 @@ async fn worker_figures_survive_the_move_to_work_rows() {
     s.close().await;
     remove_sqlite(&path);
 
-    // The same on PostgreSQL, in a schema of its own.
-    if std::env::var("DEFPOOL_SKIP_POSTGRES").as_deref() == Ok("1") {
+    // The same on PostgreSQL, in a schema of its own (dropped when `db` is, also on a failed
+    // assertion).
+    let Some(db) = TestDb::postgres_unmigrated().await else {
         return;
-    }
-    let admin_url =
-        std::env::var("DEFPOOL_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_string());
-    let schema = format!("defpool_upgrade_{}_{}", std::process::id(), next_n());
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
-        .await
-        .unwrap();
-    admin.close().await.ok();
-    let sep = if admin_url.contains('?') { '&' } else { '?' };
-    let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+    };
     let schema1 = include_str!("../migrations/postgres/0001_initial.sql");
-    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::Executor::execute(&mut c, schema1).await.unwrap();
     sqlx::Executor::execute(
         &mut c,
@@ -1887,12 +1884,6 @@ async fn worker_figures_survive_the_move_to_work_rows() {
         .await
         .unwrap();
     c.close().await.unwrap();
-    // Dropped with the schema when this ends, also on a failed assertion.
-    let db = TestDb {
-        store: Store::connect(&url).await.unwrap(),
-        url,
-        cleanup: Cleanup::Schema { admin_url, schema },
-    };
     upgraded_figures(&db.store).await;
     db.store.close().await;
 }
