@@ -26,7 +26,7 @@ use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
 use crate::work::parse_decimal;
-use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
+use crate::{check_entries, clamp_i64, now_ms, run_summaries, RunOutcome, StoreOptions};
 
 /// PostgreSQL storage. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -141,16 +141,17 @@ impl PgStore {
         Ok(report)
     }
 
-    /// Applies a batch; with the outcome, the horizon of a fold now due (see [`fold_due`]).
-    pub(crate) async fn apply_batch(
+    /// Applies a run of consecutive batches of one proxy (see [`Store::apply_batches`]); with
+    /// the outcome, the horizon of a fold now due (see [`fold_due`]).
+    pub(crate) async fn apply_run(
         &self,
-        batch: &Batch,
-    ) -> Result<(ApplyOutcome, Option<i64>), StoreError> {
-        let p = prepare(batch)?;
+        run: &[Batch],
+    ) -> Result<(RunOutcome, Option<i64>), StoreError> {
+        let p = prepare(run)?;
         let mut tx = self.pool.begin().await.map_err(db("beginning a batch"))?;
         if let Some(outcome) = advance_sequence(&mut tx, &p).await? {
             tx.rollback().await.map_err(db("ending a refused batch"))?;
-            return Ok((outcome, None));
+            return Ok((RunOutcome::Refused(outcome), None));
         }
         let new_users = self.known_users.unknown(&p.users);
         let new_workers = self.known_workers.unknown(&p.workers);
@@ -161,26 +162,24 @@ impl PgStore {
         write_late_user_minutes(&mut tx, &p, folded_before).await?;
         write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
         write_coin_minutes(&mut tx, &p).await?;
-        let mut summary = ApplySummary {
-            work_records: p.work_records,
-            work_rows: p.work.len(),
-            work: p.total_work,
-            user_records: p.user_records,
-            ..ApplySummary::default()
-        };
-        for record in &batch.records {
-            if let defpool_control::Record::Event(e) = record {
-                summary.events += 1;
-                if let Some(change) = write_event(&mut tx, &p, e).await? {
-                    summary.block_changes.push(change);
+        let mut events = Vec::with_capacity(run.len());
+        for (batch, sequence) in run.iter().zip(p.first_sequence..) {
+            let (mut n, mut changes) = (0, Vec::new());
+            for record in &batch.records {
+                if let defpool_control::Record::Event(e) = record {
+                    n += 1;
+                    if let Some(change) = write_event(&mut tx, &p, sequence, e).await? {
+                        changes.push(change);
+                    }
                 }
             }
+            events.push((n, changes));
         }
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
         self.known_workers.remember(&p.workers);
         let fold = fold_due(p.newest_minute_ms, folded_before, clamp_i64(now_ms()));
-        Ok((ApplyOutcome::Applied(summary), fold))
+        Ok((RunOutcome::Applied(run_summaries(&p, events)), fold))
     }
 
     /// Folds the work rows of unfolded minutes towards `horizon` (one step, see
@@ -1233,7 +1232,8 @@ async fn apply_migration(conn: &mut PgConnection, m: &Migration) -> Result<(), S
     Ok(())
 }
 
-/// The exactly-once rule: `None` to go on applying, or the outcome of a refused batch.
+/// The exactly-once rule: `None` to go on applying (the run's first batch is the next one
+/// expected; the proxy's sequence moves to its last), or the outcome of a refused first batch.
 async fn advance_sequence(
     conn: &mut PgConnection,
     p: &Prepared<'_>,
@@ -1242,12 +1242,13 @@ async fn advance_sequence(
     // Waits for a concurrent transaction holding the row, then re-checks against its result.
     let updated = sqlx::query(
         "UPDATE proxies SET last_sequence = $2, last_batch_created_ms = $3, applied_at_ms = $4 \
-         WHERE proxy_id = $1 AND last_sequence = $2 - 1",
+         WHERE proxy_id = $1 AND last_sequence = $5 - 1",
     )
     .bind(p.proxy_id)
     .bind(p.sequence)
     .bind(p.created_at_ms)
     .bind(now)
+    .bind(p.first_sequence)
     .execute(&mut *conn)
     .await
     .map_err(db("advancing a proxy's sequence"))?
@@ -1255,7 +1256,7 @@ async fn advance_sequence(
     if updated == 1 {
         return Ok(None);
     }
-    if p.sequence == 1 {
+    if p.first_sequence == 1 {
         // A concurrent first batch waits on the key, then does nothing.
         let inserted = sqlx::query(
             "INSERT INTO proxies (proxy_id, last_sequence, last_batch_created_ms, applied_at_ms) \
@@ -1280,7 +1281,7 @@ async fn advance_sequence(
             .await
             .map_err(db("reading a proxy's sequence"))?;
     let last = last.map_or(Ok(0), |v| to_u64("last_sequence", v))?;
-    Ok(Some(crate::refused(p.sequence as u64, last)))
+    Ok(Some(crate::refused(p.first_sequence as u64, last)))
 }
 
 /// Every row a batch adds but the coin rollups, in one statement (one round trip): a
@@ -1539,6 +1540,7 @@ async fn write_coin_minutes(conn: &mut PgConnection, p: &Prepared<'_>) -> Result
 async fn write_event(
     conn: &mut PgConnection,
     p: &Prepared<'_>,
+    sequence: i64,
     e: &Event,
 ) -> Result<Option<BlockChange>, StoreError> {
     match e {
@@ -1651,7 +1653,7 @@ async fn write_event(
             .bind(u.detail())
             .bind(u.at_ms)
             .bind(p.proxy_id)
-            .bind(p.sequence)
+            .bind(sequence)
             .execute(&mut *conn)
             .await
             .map_err(db("writing a block event"))?;

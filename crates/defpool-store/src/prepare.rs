@@ -80,8 +80,13 @@ pub(crate) struct WorkRow {
 #[derive(Debug, Default)]
 pub(crate) struct Prepared<'a> {
     pub proxy_id: &'a str,
+    /// The run's first and last batch sequence (the same for a single batch).
+    pub first_sequence: i64,
     pub sequence: i64,
+    /// The last batch's.
     pub created_at_ms: i64,
+    /// Per batch of the run, in order: its own record counts and credited work.
+    pub tallies: Vec<BatchTally>,
     pub users: Vec<UserRow<'a>>,
     pub workers: Vec<WorkerRow<'a>>,
     /// (user, worker, reason) → shares.
@@ -96,6 +101,14 @@ pub(crate) struct Prepared<'a> {
     pub work_records: usize,
     pub user_records: usize,
     pub total_work: u128,
+}
+
+/// One batch's share of a run: what its summary reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BatchTally {
+    pub work_records: usize,
+    pub user_records: usize,
+    pub work: u128,
 }
 
 pub(crate) fn add_work(a: u128, b: u128, what: &'static str) -> Result<u128, StoreError> {
@@ -122,22 +135,76 @@ pub(crate) fn minute_holding(t: u64) -> u64 {
     minute_of(t.saturating_sub(1), t.saturating_sub(1))
 }
 
-pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
-    let mut users: HashMap<&str, UserRow> = HashMap::with_capacity(batch.records.len());
-    let mut workers: HashMap<(&str, &str), WorkerRow> = HashMap::with_capacity(batch.records.len());
-    let mut rejects: HashMap<(&str, &str, &str), i64> = HashMap::with_capacity(batch.records.len());
-    let mut work: HashMap<WorkKey, WorkRow> = HashMap::with_capacity(batch.records.len());
-    let mut user_minutes: HashMap<(&str, i64, &str), Amounts> =
-        HashMap::with_capacity(batch.records.len());
-    let mut coin_minutes: HashMap<(&str, i64), Amounts> =
-        HashMap::with_capacity(batch.records.len());
+/// Gathers the rows of a run of consecutive batches of one proxy (the caller checks that they
+/// are), added up by key across the whole run: one batch is a run of one.
+pub(crate) fn prepare(run: &[Batch]) -> Result<Prepared<'_>, StoreError> {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return Err(StoreError::OutOfRange {
+            what: "batches in a run",
+            value: "0".into(),
+        });
+    };
+    let records: usize = run.iter().map(|b| b.records.len()).sum();
+    let mut users: HashMap<&str, UserRow> = HashMap::with_capacity(records);
+    let mut workers: HashMap<(&str, &str), WorkerRow> = HashMap::with_capacity(records);
+    let mut rejects: HashMap<(&str, &str, &str), i64> = HashMap::with_capacity(records);
+    let mut work: HashMap<WorkKey, WorkRow> = HashMap::with_capacity(records);
+    let mut user_minutes: HashMap<(&str, i64, &str), Amounts> = HashMap::with_capacity(records);
+    let mut coin_minutes: HashMap<(&str, i64), Amounts> = HashMap::with_capacity(records);
     let mut p = Prepared {
-        proxy_id: &batch.proxy_id.0,
-        sequence: to_i64("batch sequence", batch.sequence)?,
-        created_at_ms: to_i64("batch created_at_ms", batch.created_at_ms)?,
+        proxy_id: &first.proxy_id.0,
+        first_sequence: to_i64("batch sequence", first.sequence)?,
+        sequence: to_i64("batch sequence", last.sequence)?,
+        created_at_ms: to_i64("batch created_at_ms", last.created_at_ms)?,
+        tallies: Vec::with_capacity(run.len()),
         ..Prepared::default()
     };
 
+    for batch in run {
+        let before = BatchTally {
+            work_records: p.work_records,
+            user_records: p.user_records,
+            work: p.total_work,
+        };
+        gather(
+            batch,
+            &mut p,
+            &mut users,
+            &mut workers,
+            &mut rejects,
+            &mut work,
+            &mut user_minutes,
+            &mut coin_minutes,
+        )?;
+        p.tallies.push(BatchTally {
+            work_records: p.work_records - before.work_records,
+            user_records: p.user_records - before.user_records,
+            work: p.total_work - before.work,
+        });
+    }
+    // Gathered in hash maps (a batch's thousands of keys), then put in key order.
+    p.users = sorted(users).into_iter().map(|(_, v)| v).collect();
+    p.workers = sorted(workers).into_iter().map(|(_, v)| v).collect();
+    p.rejects = sorted(rejects);
+    p.work = sorted(work);
+    p.newest_minute_ms = p.work.iter().map(|(k, _)| k.minute_ms).max();
+    p.user_minutes = sorted(user_minutes);
+    p.coin_minutes = sorted(coin_minutes);
+    Ok(p)
+}
+
+/// Adds one batch's records to the run's maps.
+#[allow(clippy::too_many_arguments)]
+fn gather<'a>(
+    batch: &'a Batch,
+    p: &mut Prepared<'a>,
+    users: &mut HashMap<&'a str, UserRow<'a>>,
+    workers: &mut HashMap<(&'a str, &'a str), WorkerRow<'a>>,
+    rejects: &mut HashMap<(&'a str, &'a str, &'a str), i64>,
+    work: &mut HashMap<WorkKey<'a>, WorkRow>,
+    user_minutes: &mut HashMap<(&'a str, i64, &'a str), Amounts>,
+    coin_minutes: &mut HashMap<(&'a str, i64), Amounts>,
+) -> Result<(), StoreError> {
     for record in &batch.records {
         match record {
             Record::User(u) => {
@@ -240,15 +307,7 @@ pub(crate) fn prepare(batch: &Batch) -> Result<Prepared<'_>, StoreError> {
             Record::Event(e) => check_event(e)?,
         }
     }
-    // Gathered in hash maps (a batch's thousands of keys), then put in key order.
-    p.users = sorted(users).into_iter().map(|(_, v)| v).collect();
-    p.workers = sorted(workers).into_iter().map(|(_, v)| v).collect();
-    p.rejects = sorted(rejects);
-    p.work = sorted(work);
-    p.newest_minute_ms = p.work.iter().map(|(k, _)| k.minute_ms).max();
-    p.user_minutes = sorted(user_minutes);
-    p.coin_minutes = sorted(coin_minutes);
-    Ok(p)
+    Ok(())
 }
 
 fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
@@ -593,7 +652,7 @@ mod tests {
             created_at_ms: 0,
             records: vec![Record::Work(w1), Record::Work(w2)],
         };
-        let p = prepare(&b).unwrap();
+        let p = prepare(std::slice::from_ref(&b)).unwrap();
         assert_eq!(p.work.len(), 1);
         let row = &p.work[0].1;
         assert_eq!((row.first_seen_ms, row.last_seen_ms), (60_000, 80_000));

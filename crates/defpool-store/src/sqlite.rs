@@ -25,7 +25,7 @@ use crate::migrate::{self, Migration};
 use crate::prepare::{prepare, BlockUpdate, Known, Prepared, UserRow, WorkerRow};
 use crate::types::*;
 use crate::work::{from_limb_sums, limbs};
-use crate::{check_entries, clamp_i64, now_ms, StoreOptions};
+use crate::{check_entries, clamp_i64, now_ms, run_summaries, RunOutcome, StoreOptions};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -194,18 +194,19 @@ impl SqliteStore {
         Ok(report)
     }
 
-    /// Applies a batch; with the outcome, the horizon of a fold now due (see [`fold_due`]).
-    pub(crate) async fn apply_batch(
+    /// Applies a run of consecutive batches of one proxy (see [`Store::apply_batches`]); with
+    /// the outcome, the horizon of a fold now due (see [`fold_due`]).
+    pub(crate) async fn apply_run(
         &self,
-        batch: &Batch,
-    ) -> Result<(ApplyOutcome, Option<i64>), StoreError> {
-        let p = prepare(batch)?;
+        run: &[Batch],
+    ) -> Result<(RunOutcome, Option<i64>), StoreError> {
+        let p = prepare(run)?;
         let mut tx = self.write_tx("beginning a batch").await?;
         match advance_sequence(&mut tx, &p).await? {
             None => {}
             Some(outcome) => {
                 tx.rollback().await.map_err(db("ending a refused batch"))?;
-                return Ok((outcome, None));
+                return Ok((RunOutcome::Refused(outcome), None));
             }
         }
         let folded_before: i64 = sqlx::query_scalar("SELECT folded_before_ms FROM work_fold")
@@ -216,26 +217,24 @@ impl SqliteStore {
         let new_workers = self.known_workers.unknown(&p.workers);
         write_rows(&mut tx, &p, &new_users, &new_workers, folded_before).await?;
         write_late_folds(&mut tx, &late_folds(&p.work, folded_before)?).await?;
-        let mut summary = ApplySummary {
-            work_records: p.work_records,
-            work_rows: p.work.len(),
-            work: p.total_work,
-            user_records: p.user_records,
-            ..ApplySummary::default()
-        };
-        for record in &batch.records {
-            if let defpool_control::Record::Event(e) = record {
-                summary.events += 1;
-                if let Some(change) = write_event(&mut tx, &p, e).await? {
-                    summary.block_changes.push(change);
+        let mut events = Vec::with_capacity(run.len());
+        for (batch, sequence) in run.iter().zip(p.first_sequence..) {
+            let (mut n, mut changes) = (0, Vec::new());
+            for record in &batch.records {
+                if let defpool_control::Record::Event(e) = record {
+                    n += 1;
+                    if let Some(change) = write_event(&mut tx, &p, sequence, e).await? {
+                        changes.push(change);
+                    }
                 }
             }
+            events.push((n, changes));
         }
         tx.commit().await.map_err(db("committing a batch"))?;
         self.known_users.remember(&p.users);
         self.known_workers.remember(&p.workers);
         let fold = fold_due(p.newest_minute_ms, folded_before, clamp_i64(now_ms()));
-        Ok((ApplyOutcome::Applied(summary), fold))
+        Ok((RunOutcome::Applied(run_summaries(&p, events)), fold))
     }
 
     /// Folds the work rows of unfolded minutes towards `horizon` (one step, see
@@ -1240,7 +1239,8 @@ async fn apply_migration(conn: &mut SqliteConnection, m: &Migration) -> Result<(
     Ok(())
 }
 
-/// The exactly-once rule: `None` to go on applying, or the outcome of a refused batch.
+/// The exactly-once rule: `None` to go on applying (the run's first batch is the next one
+/// expected; the proxy's sequence moves to its last), or the outcome of a refused first batch.
 async fn advance_sequence(
     conn: &mut SqliteConnection,
     p: &Prepared<'_>,
@@ -1248,12 +1248,13 @@ async fn advance_sequence(
     let now = clamp_i64(now_ms());
     let updated = sqlx::query(
         "UPDATE proxies SET last_sequence = $2, last_batch_created_ms = $3, applied_at_ms = $4 \
-         WHERE proxy_id = $1 AND last_sequence = $2 - 1",
+         WHERE proxy_id = $1 AND last_sequence = $5 - 1",
     )
     .bind(p.proxy_id)
     .bind(p.sequence)
     .bind(p.created_at_ms)
     .bind(now)
+    .bind(p.first_sequence)
     .execute(&mut *conn)
     .await
     .map_err(db("advancing a proxy's sequence"))?
@@ -1261,7 +1262,7 @@ async fn advance_sequence(
     if updated == 1 {
         return Ok(None);
     }
-    if p.sequence == 1 {
+    if p.first_sequence == 1 {
         let inserted = sqlx::query(
             "INSERT INTO proxies (proxy_id, last_sequence, last_batch_created_ms, applied_at_ms) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (proxy_id) DO NOTHING",
@@ -1285,7 +1286,7 @@ async fn advance_sequence(
             .await
             .map_err(db("reading a proxy's sequence"))?;
     let last = last.map_or(Ok(0), |v| to_u64("last_sequence", v))?;
-    Ok(Some(crate::refused(p.sequence as u64, last)))
+    Ok(Some(crate::refused(p.first_sequence as u64, last)))
 }
 
 type SqliteQuery<'a> = sqlx::query::Query<'a, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'a>>;
@@ -1520,6 +1521,7 @@ async fn write_late_folds(
 async fn write_event(
     conn: &mut SqliteConnection,
     p: &Prepared<'_>,
+    sequence: i64,
     e: &Event,
 ) -> Result<Option<BlockChange>, StoreError> {
     match e {
@@ -1625,7 +1627,7 @@ async fn write_event(
             .bind(u.detail())
             .bind(u.at_ms)
             .bind(p.proxy_id)
-            .bind(p.sequence)
+            .bind(sequence)
             .execute(&mut *conn)
             .await
             .map_err(db("writing a block event"))?;

@@ -171,6 +171,7 @@ macro_rules! conformance {
 conformance!(
     migrations_are_idempotent,
     batches_apply_exactly_once,
+    runs_of_batches_apply_as_their_batches_would,
     concurrent_copies_of_a_batch_apply_once,
     bad_batches_change_nothing,
     users_and_workers_upsert,
@@ -357,6 +358,129 @@ async fn batches_apply_exactly_once(db: &TestDb) {
     assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 4);
     assert_eq!(s.last_sequence(&proxy("p2")).await.unwrap(), 1);
     assert_eq!(s.total_work().await.unwrap(), 1_000 + 7 + 20 + 5);
+}
+
+/// A run of a proxy's consecutive batches (what the server applies in one transaction when
+/// several are queued) stores exactly what applying them one by one stores, with one outcome
+/// per batch; runs that start with duplicates, have a gap or are out of order fall back to
+/// batch by batch.
+async fn runs_of_batches_apply_as_their_batches_would(db: &TestDb) {
+    let s = &db.store;
+    let reference = match s.backend() {
+        Backend::Sqlite => TestDb::sqlite().await,
+        Backend::Postgres => TestDb::postgres().await.expect("PostgreSQL as for the test"),
+    };
+    let hash = "00000000000000000000000000000000000000000000000000000000c0ffee00";
+    let mut rejected = work("alice", "rig2", "LTC", 1, 0);
+    rejected.accepted_shares = 0;
+    rejected.rejected.insert("stale-share".into(), 3);
+    let records = |seq: u64| -> Vec<Record> {
+        // Every batch repeats workers and minutes of its neighbours, so rows add up across it.
+        let mut r = works(vec![
+            work("alice", "rig1", "LTC", seq % 2, 1_000 * seq as u128),
+            work("alice", "rig2", "LTC", 1, 7),
+            work("bob", "rig1", "DOGE", 2, (1u128 << 70) + seq as u128),
+        ]);
+        match seq {
+            1 => r.push(Record::User(UserRecord {
+                user: "alice".into(),
+                payout_address: Some("bcrt1qalice".into()),
+                first_seen_ms: T0,
+            })),
+            2 => {
+                r.push(Record::Work(rejected.clone()));
+                r.push(Record::Event(Event::BlockCandidate {
+                    coin: t("LTC"),
+                    epoch: 1,
+                    upstream: "ltc-solo".into(),
+                    user: "alice".into(),
+                    worker: "rig1".into(),
+                    block_hash: hash.into(),
+                    height: Some(500),
+                    at_ms: T0 + 5,
+                }));
+            }
+            _ => {}
+        }
+        r
+    };
+    let run: Vec<Batch> = (1..=8).map(|seq| batch("p1", seq, records(seq))).collect();
+    for b in &run {
+        applied(reference.store.apply_batch(b).await.unwrap());
+    }
+
+    // 1–3 together: one outcome each, with each batch's own counts.
+    let outcomes = s.apply_batches(&run[0..3]).await.unwrap();
+    let sums: Vec<ApplySummary> = outcomes.into_iter().map(applied).collect();
+    assert_eq!(
+        sums.iter().map(|x| x.work_records).collect::<Vec<_>>(),
+        vec![3, 4, 3]
+    );
+    assert_eq!(sums[0].user_records, 1);
+    assert_eq!(
+        sums.iter().map(|x| x.events).collect::<Vec<_>>(),
+        vec![0, 1, 0]
+    );
+    assert_eq!(sums[1].block_changes.len(), 1);
+    for (sum, b) in sums.iter().zip(&run) {
+        assert_eq!(sum.work, b.accepted_work());
+    }
+    // One transaction: the run's rows (those of one key added up across it) are counted on its
+    // last batch.
+    assert_eq!(
+        sums.iter().map(|x| x.work_rows).collect::<Vec<_>>(),
+        vec![0, 0, 4]
+    );
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 3);
+
+    // 2–5: the duplicates are acknowledged again, 4 and 5 applied once.
+    let outcomes = s.apply_batches(&run[1..5]).await.unwrap();
+    assert_eq!(outcomes[0], ApplyOutcome::Duplicate { last_sequence: 3 });
+    assert_eq!(outcomes[1], ApplyOutcome::Duplicate { last_sequence: 3 });
+    applied(outcomes[2].clone());
+    applied(outcomes[3].clone());
+    // A run after a gap changes nothing.
+    assert_eq!(
+        s.apply_batches(&run[6..8]).await.unwrap(),
+        vec![
+            ApplyOutcome::Gap { expected: 6 },
+            ApplyOutcome::Gap { expected: 6 }
+        ]
+    );
+    assert_eq!(s.last_sequence(&proxy("p1")).await.unwrap(), 5);
+    // Not consecutive: batch by batch (6 applies, 8 is a gap), then 7 and 8.
+    let mixed = [run[5].clone(), run[7].clone()];
+    let outcomes = s.apply_batches(&mixed).await.unwrap();
+    applied(outcomes[0].clone());
+    assert_eq!(outcomes[1], ApplyOutcome::Gap { expected: 7 });
+    let outcomes = s.apply_batches(&run[6..8]).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, ApplyOutcome::Applied(_))));
+
+    // Everything as the reference store has it, batch by batch.
+    let (a, r) = (s, &reference.store);
+    assert_eq!(a.total_work().await.unwrap(), r.total_work().await.unwrap());
+    assert_eq!(a.last_sequence(&proxy("p1")).await.unwrap(), 8);
+    for user in ["alice", "bob"] {
+        assert_eq!(a.workers(user).await.unwrap(), r.workers(user).await.unwrap());
+        assert_eq!(a.user(user).await.unwrap(), r.user(user).await.unwrap());
+        assert_eq!(
+            a.hashrate_series(user, None, Bucket::Minute, 0, u64::MAX)
+                .await
+                .unwrap(),
+            r.hashrate_series(user, None, Bucket::Minute, 0, u64::MAX)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        a.work_by_coin(0, u64::MAX).await.unwrap(),
+        r.work_by_coin(0, u64::MAX).await.unwrap()
+    );
+    // The block event keeps the sequence of the batch it came in.
+    let history = a.block_history(hash).await.unwrap();
+    assert_eq!(history, r.block_history(hash).await.unwrap());
+    assert_eq!(history[0].sequence, 2);
+    reference.store.close().await;
 }
 
 async fn concurrent_copies_of_a_batch_apply_once(db: &TestDb) {
