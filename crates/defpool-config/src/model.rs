@@ -113,6 +113,11 @@ pub struct ServerConfig {
     /// Per-client-IP limits on the public API.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// The most batches of one proxy applied in one transaction: those already queued on its
+    /// connection behind the one being applied (a proxy keeps up to 32 in flight). 1 applies
+    /// each batch alone.
+    #[serde(default = "default_ingest_run_batches")]
+    pub ingest_run_batches: u32,
 }
 
 /// A token bucket per client IP on the public API endpoints (admin endpoints, `/health` and
@@ -164,6 +169,9 @@ fn default_control_listen() -> SocketAddr {
 }
 fn default_database_url() -> String {
     "sqlite:defpool.db".into()
+}
+fn default_ingest_run_batches() -> u32 {
+    32
 }
 fn default_pool_fee_bps() -> u32 {
     100

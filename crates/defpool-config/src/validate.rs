@@ -226,6 +226,7 @@ fn check_server(ctx: &Ctx<'_>, s: &ServerConfig) -> Result<()> {
         1_000_000,
     )?;
     in_range("server.rate_limit.burst", s.rate_limit.burst, 1, 1_000_000)?;
+    in_range("server.ingest_run_batches", s.ingest_run_batches, 1, 1_000)?;
     match s.pplns_window_factor.parse::<rust_decimal::Decimal>() {
         Ok(f) if f > rust_decimal::Decimal::ZERO && f <= rust_decimal::Decimal::from(1000) => {}
         Ok(f) => {

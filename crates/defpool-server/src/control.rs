@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{decode, encode, Batch, Message, ProxyId, Record};
+use defpool_control::{decode, encode, Batch, Message, ProxyId, Record, WireError};
 use defpool_core::secret::Secret;
 use defpool_store::{ApplyOutcome, ApplySummary};
 use defpool_stratum::sv1::LineReader;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::ledger::check_payable;
 use crate::state::{FeedEvent, Metrics, Shared};
@@ -131,58 +131,92 @@ impl ControlPlane {
         }
         tracing::info!(proxy = %proxy.0, peer = %peer, last_applied = last, "proxy connected");
         let _connected = Connected::new(&self.shared.metrics);
+        let run_batches = self.shared.server_config().ingest_run_batches.max(1) as usize;
+        // Messages are read and decoded by their own task while batches are applied, so that
+        // what arrives meanwhile is ready to join the next run. Bounded: a proxy keeps at most
+        // its window of batches unacknowledged, and reading stops when this is full.
+        let (inbox_tx, mut inbox) = mpsc::channel(READ_AHEAD);
+        let _reader = AbortOnDrop(tokio::spawn(read_messages(lines, inbox_tx)));
+        // A message read while gathering a run that is not part of it, handled next.
+        let mut pending: Option<Incoming> = None;
         loop {
             tokio::select! {
-                line = lines.next_line() => {
-                    let msg = match line {
-                        Ok(Some(l)) => decode(l),
-                        Ok(None) => return "proxy closed the connection".into(),
-                        Err(e) => return e.to_string(),
-                    };
-                    let batch = match msg {
-                        Ok(Message::Batch(b)) => b,
-                        Ok(other) => {
+                incoming = next_incoming(&mut inbox, &mut pending) => {
+                    let batch = match incoming {
+                        Incoming::Message(Ok(Message::Batch(b))) => b,
+                        Incoming::Message(Ok(other)) => {
                             tracing::debug!(proxy = %proxy.0, ?other, "ignoring a control message");
                             continue;
                         }
-                        Err(e) => {
+                        Incoming::Message(Err(e)) => {
                             let _ = send(&mut write, &Message::Error { code: "bad-message".into(), message: e.to_string() }).await;
                             return format!("bad message: {e}");
                         }
+                        Incoming::Closed => return "proxy closed the connection".into(),
+                        Incoming::Failed(e) => return e,
                     };
                     if batch.proxy_id != proxy {
                         let _ = send(&mut write, &Message::Error { code: "wrong-proxy".into(), message: "a batch of another proxy".into() }).await;
                         return "a batch of another proxy".into();
                     }
-                    let sequence = batch.sequence;
+                    // The batches the proxy has already sent behind this one, in sequence, join
+                    // it in one transaction (the store applies each exactly once all the same);
+                    // anything else read is handled next.
+                    let mut run = vec![batch];
+                    let mut records = run[0].records.len();
+                    while run.len() < run_batches && records < RUN_RECORDS {
+                        let next = match inbox.try_recv() {
+                            Ok(next) => next,
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => Incoming::Closed,
+                        };
+                        match next {
+                            Incoming::Message(Ok(Message::Batch(b)))
+                                if b.proxy_id == proxy
+                                    && run.last().and_then(|l| l.sequence.checked_add(1)) == Some(b.sequence) =>
+                            {
+                                records += b.records.len();
+                                run.push(b);
+                            }
+                            other => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                    }
                     let metrics = &self.shared.metrics;
-                    match self.shared.store.apply_batch(&batch).await {
-                        Ok(ApplyOutcome::Gap { expected }) => {
-                            Metrics::add(&metrics.batches_gap, 1);
-                            let _ = send(&mut write, &Message::Error { code: "sequence-gap".into(), message: format!("expected batch {expected}, got {sequence}") }).await;
-                            return format!("sequence gap: expected {expected}, got {sequence}");
-                        }
-                        Ok(outcome) => {
-                            match &outcome {
-                                ApplyOutcome::Applied(summary) => {
-                                    Metrics::add(&metrics.batches_applied, 1);
-                                    Metrics::add(&metrics.work_records, summary.work_records as u64);
-                                    self.after_applied(&batch, summary).await;
-                                }
-                                _ => {
-                                    Metrics::add(&metrics.batches_duplicate, 1);
-                                    tracing::debug!(proxy = %proxy.0, sequence, "duplicate batch acknowledged again");
-                                }
-                            }
-                            if let Err(e) = send(&mut write, &Message::Ack { sequence }).await {
-                                return e;
-                            }
-                        }
+                    let outcomes = match self.shared.store.apply_batches(&run).await {
+                        Ok(o) => o,
                         Err(e) => {
-                            // Not applied, not acknowledged: the proxy keeps it and resends.
+                            // Not applied, not acknowledged: the proxy keeps them and resends.
                             Metrics::add(&metrics.batch_errors, 1);
-                            tracing::error!(proxy = %proxy.0, sequence, error = %e, "could not apply a batch");
+                            tracing::error!(proxy = %proxy.0, first = run[0].sequence, batches = run.len(), error = %e, "could not apply batches");
                             return format!("store: {e}");
+                        }
+                    };
+                    if outcomes.iter().any(|o| matches!(o, ApplyOutcome::Applied(_))) {
+                        Metrics::add(&metrics.batch_transactions, 1);
+                    }
+                    for (batch, outcome) in run.iter().zip(outcomes) {
+                        let sequence = batch.sequence;
+                        match outcome {
+                            ApplyOutcome::Gap { expected } => {
+                                Metrics::add(&metrics.batches_gap, 1);
+                                let _ = send(&mut write, &Message::Error { code: "sequence-gap".into(), message: format!("expected batch {expected}, got {sequence}") }).await;
+                                return format!("sequence gap: expected {expected}, got {sequence}");
+                            }
+                            ApplyOutcome::Applied(summary) => {
+                                Metrics::add(&metrics.batches_applied, 1);
+                                Metrics::add(&metrics.work_records, summary.work_records as u64);
+                                self.after_applied(batch, &summary).await;
+                            }
+                            ApplyOutcome::Duplicate { .. } => {
+                                Metrics::add(&metrics.batches_duplicate, 1);
+                                tracing::debug!(proxy = %proxy.0, sequence, "duplicate batch acknowledged again");
+                            }
+                        }
+                        if let Err(e) = send(&mut write, &Message::Ack { sequence }).await {
+                            return e;
                         }
                     }
                 }
@@ -248,6 +282,60 @@ impl ControlPlane {
             });
         }
         self.shared.ledger_now.notify_one();
+    }
+}
+
+/// The most records gathered into one run of batches (see `server.ingest_run_batches`): bounds
+/// a transaction's size whatever the batches hold.
+const RUN_RECORDS: usize = 100_000;
+
+/// What the connection read next.
+enum Incoming {
+    Message(Result<Message, WireError>),
+    Closed,
+    Failed(String),
+}
+
+/// Messages read ahead of the one being handled.
+const READ_AHEAD: usize = 64;
+
+/// Reads and decodes the connection's messages until it closes, fails, or the connection's
+/// task is gone.
+async fn read_messages<R: tokio::io::AsyncBufRead + Unpin>(
+    mut lines: LineReader<R>,
+    out: mpsc::Sender<Incoming>,
+) {
+    loop {
+        let incoming = match lines.next_line().await {
+            Ok(Some(l)) => Incoming::Message(decode(l)),
+            Ok(None) => Incoming::Closed,
+            Err(e) => Incoming::Failed(e.to_string()),
+        };
+        let last = !matches!(incoming, Incoming::Message(_));
+        if out.send(incoming).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The message set aside while gathering a run, else the next one read. Cancel-safe: a
+/// set-aside message is taken only when returned, and a channel receive is cancel-safe.
+async fn next_incoming(
+    incoming: &mut mpsc::Receiver<Incoming>,
+    pending: &mut Option<Incoming>,
+) -> Incoming {
+    if let Some(message) = pending.take() {
+        return message;
+    }
+    incoming.recv().await.unwrap_or(Incoming::Closed)
+}
+
+/// Stops a task when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -184,6 +184,8 @@ pub struct ProfitRow {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub batches_applied: AtomicU64,
+    /// Applies of batches: a run of batches queued on a connection counts once.
+    pub batch_transactions: AtomicU64,
     pub batches_duplicate: AtomicU64,
     pub batches_gap: AtomicU64,
     pub batch_errors: AtomicU64,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use api_support::*;
 use defpool_accounting::estimate::{estimate, MarketPoint};
+use defpool_control::{Batch, ProxyId};
 use defpool_store::{Bucket, Decision};
 use serde_json::{json, Value};
 
@@ -728,6 +729,7 @@ async fn metrics_parse_and_move() {
     }
     for c in [
         "batches_applied",
+        "batch_transactions",
         "batches_duplicate",
         "batches_gap",
         "batch_errors",
@@ -911,5 +913,45 @@ async fn hashrate_events_are_published_per_algorithm() {
         scrypt["hashrate_hs"].as_f64().unwrap(),
     );
     assert!((a - b).abs() / a < 0.1, "{a} vs {b}");
+    server.stop().await;
+}
+
+/// Batches a proxy sends without waiting are applied in runs (fewer transactions than
+/// batches), each exactly once, acknowledged in the order sent; a retransmission among them is
+/// acknowledged again and applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_apply_once_in_runs() {
+    let server = TestServer::start("pipeline", "").await;
+    let mut proxy = ControlClient::connect(server.control).await;
+    let now = now_ms();
+    let batches: Vec<Batch> = (1..=60u128)
+        .map(|i| proxy.next_batch(vec![work(ALICE, "rig1", "LTC", i, 0, now)]))
+        .collect();
+    // 1–40, then 30–35 again (a proxy resending after a lost acknowledgement), then 41–60.
+    let sent: Vec<Batch> = batches[..40]
+        .iter()
+        .chain(&batches[29..35])
+        .chain(&batches[40..])
+        .cloned()
+        .collect();
+    let acks = proxy.pipeline(&sent).await;
+    assert_eq!(acks, sent.iter().map(|b| b.sequence).collect::<Vec<_>>());
+    let store = server.store().await;
+    assert_eq!(
+        store.total_work().await.unwrap(),
+        (1..=60u128).sum::<u128>()
+    );
+    assert_eq!(
+        store.last_sequence(&ProxyId(PROXY.into())).await.unwrap(),
+        60
+    );
+    let m = server.get("/metrics").await.body;
+    assert_eq!(metric(&m, "defpool_batches_applied_total", ""), 60.0);
+    assert_eq!(metric(&m, "defpool_batches_duplicate_total", ""), 6.0);
+    let applies = metric(&m, "defpool_batch_transactions_total", "");
+    assert!(
+        (3.0..=20.0).contains(&applies),
+        "{applies} applies for 60 batches"
+    );
     server.stop().await;
 }

@@ -368,7 +368,9 @@ async fn runs_of_batches_apply_as_their_batches_would(db: &TestDb) {
     let s = &db.store;
     let reference = match s.backend() {
         Backend::Sqlite => TestDb::sqlite().await,
-        Backend::Postgres => TestDb::postgres().await.expect("PostgreSQL as for the test"),
+        Backend::Postgres => TestDb::postgres()
+            .await
+            .expect("PostgreSQL as for the test"),
     };
     let hash = "00000000000000000000000000000000000000000000000000000000c0ffee00";
     let mut rejected = work("alice", "rig2", "LTC", 1, 0);
@@ -454,14 +456,19 @@ async fn runs_of_batches_apply_as_their_batches_would(db: &TestDb) {
     applied(outcomes[0].clone());
     assert_eq!(outcomes[1], ApplyOutcome::Gap { expected: 7 });
     let outcomes = s.apply_batches(&run[6..8]).await.unwrap();
-    assert!(outcomes.iter().all(|o| matches!(o, ApplyOutcome::Applied(_))));
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, ApplyOutcome::Applied(_))));
 
     // Everything as the reference store has it, batch by batch.
     let (a, r) = (s, &reference.store);
     assert_eq!(a.total_work().await.unwrap(), r.total_work().await.unwrap());
     assert_eq!(a.last_sequence(&proxy("p1")).await.unwrap(), 8);
     for user in ["alice", "bob"] {
-        assert_eq!(a.workers(user).await.unwrap(), r.workers(user).await.unwrap());
+        assert_eq!(
+            a.workers(user).await.unwrap(),
+            r.workers(user).await.unwrap()
+        );
         assert_eq!(a.user(user).await.unwrap(), r.user(user).await.unwrap());
         assert_eq!(
             a.hashrate_series(user, None, Bucket::Minute, 0, u64::MAX)

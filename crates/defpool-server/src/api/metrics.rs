@@ -27,11 +27,16 @@ fn one(v: impl ToString) -> Vec<(String, String)> {
 
 pub async fn metrics(State(api): St) -> Result<Response, ApiError> {
     let m = &api.shared.metrics;
-    let counters: [(&str, &AtomicU64, &str); 12] = [
+    let counters: [(&str, &AtomicU64, &str); 13] = [
         (
             "defpool_batches_applied_total",
             &m.batches_applied,
             "Batches applied from proxies and adapters.",
+        ),
+        (
+            "defpool_batch_transactions_total",
+            &m.batch_transactions,
+            "Applies of batches: the batches queued on a connection behind one are applied with it and count once.",
         ),
         (
             "defpool_batches_duplicate_total",

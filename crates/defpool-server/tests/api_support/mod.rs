@@ -366,6 +366,39 @@ impl ControlClient {
     }
 }
 
+impl ControlClient {
+    /// The next batch in sequence (not sent).
+    pub fn next_batch(&mut self, records: Vec<Record>) -> Batch {
+        self.sequence += 1;
+        Batch {
+            proxy_id: ProxyId(PROXY.into()),
+            sequence: self.sequence,
+            created_at_ms: now_ms(),
+            records,
+        }
+    }
+
+    /// Sends batches back to back in one write, without waiting (as a proxy with a send window
+    /// does when the server is behind), then returns the sequences acknowledged, in order.
+    pub async fn pipeline(&mut self, batches: &[Batch]) -> Vec<u64> {
+        let mut bytes = Vec::new();
+        for b in batches {
+            bytes.extend(encode(&Message::Batch(b.clone())));
+            bytes.push(b'\n');
+        }
+        self.writer.write_all(&bytes).await.unwrap();
+        let mut acks = Vec::with_capacity(batches.len());
+        while acks.len() < batches.len() {
+            match self.recv().await {
+                Message::Ack { sequence } => acks.push(sequence),
+                Message::Assign(_) => {}
+                other => panic!("expected an Ack, got {other:?}"),
+            }
+        }
+        acks
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
