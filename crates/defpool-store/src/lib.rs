@@ -747,7 +747,7 @@ mod tests {
         assert!(!err.to_string().contains("secret"), "{err}");
         let s = Store::connect("sqlite::memory:").await.unwrap();
         assert_eq!(s.backend(), Backend::Sqlite);
-        assert_eq!(s.migrate().await.unwrap().applied, vec![1, 2, 3]);
+        assert_eq!(s.migrate().await.unwrap().applied, vec![1, 2, 3, 4]);
         assert_eq!(s.total_work().await.unwrap(), 0);
         s.close().await;
     }

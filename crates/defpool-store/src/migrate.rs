@@ -36,6 +36,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "work keyed by time",
         sql: include_str!("../migrations/sqlite/0003_work_keyed_by_time.sql"),
     },
+    Migration {
+        version: 4,
+        name: "room for updates",
+        sql: include_str!("../migrations/sqlite/0004_room_for_updates.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -53,6 +58,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "work keyed by time",
         sql: include_str!("../migrations/postgres/0003_work_keyed_by_time.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "room for updates",
+        sql: include_str!("../migrations/postgres/0004_room_for_updates.sql"),
     },
 ];
 

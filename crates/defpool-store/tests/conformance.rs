@@ -283,7 +283,7 @@ async fn migrations_are_idempotent(db: &TestDb) {
     // The harness migrated once already.
     let again = s.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.version, 3);
+    assert_eq!(again.version, 4);
     // A second handle on the same database (a restarted server) finds nothing to do either.
     let other = Store::connect(&db.url).await.unwrap();
     assert!(other.migrate().await.unwrap().applied.is_empty());
@@ -2021,7 +2021,7 @@ async fn worker_figures_survive_the_move_to_work_rows() {
 
 /// A schema-1 database with alice's figures, after migrating and after a fold.
 async fn upgraded_figures(s: &Store) {
-    assert_eq!(s.migrate().await.unwrap().applied, vec![2, 3]);
+    assert_eq!(s.migrate().await.unwrap().applied, vec![2, 3, 4]);
     let w = &s.workers("alice").await.unwrap()[0];
     assert_eq!(
         (w.first_seen_ms, w.last_seen_ms, w.last_share_ms),

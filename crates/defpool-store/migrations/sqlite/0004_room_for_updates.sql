@@ -1,0 +1,4 @@
+-- Version 4 sets PostgreSQL's fill factors so that its updates of a minute's work rows stay on
+-- their page (see the PostgreSQL migration). SQLite has no such setting: it rewrites a row in
+-- place in its B-tree. Nothing changes here; the version keeps both backends' schema versions
+-- the same.
