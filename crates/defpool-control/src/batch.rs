@@ -163,12 +163,82 @@ pub enum Event {
 }
 
 /// One entry of a batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire an object tagged by `kind`. Read by hand (see [`RecordVisitor`]): serde's derived
+/// reading of a tagged enum first copies every record into a generic buffer, which was most of
+/// the cost of reading a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Work(WorkRecord),
     User(UserRecord),
     Event(Event),
+}
+
+/// The derived reading of [`Record`], for records whose `kind` is not their first field.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TaggedRecord {
+    Work(WorkRecord),
+    User(UserRecord),
+    Event(Event),
+}
+
+impl From<TaggedRecord> for Record {
+    fn from(r: TaggedRecord) -> Self {
+        match r {
+            TaggedRecord::Work(w) => Record::Work(w),
+            TaggedRecord::User(u) => Record::User(u),
+            TaggedRecord::Event(e) => Record::Event(e),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordVisitor)
+    }
+}
+
+const RECORD_KINDS: &[&str] = &["work", "user", "event"];
+
+/// Reads a record whose first field is `kind` (as every encoder here writes it) straight into
+/// its variant; any other order goes through [`TaggedRecord`] via a JSON value, with the same
+/// result.
+struct RecordVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch record (an object with `kind`)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        use serde::de::value::MapAccessDeserializer;
+        use serde::de::Error;
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(A::Error::missing_field("kind"));
+        };
+        if first == "kind" {
+            let kind: String = map.next_value()?;
+            let rest = MapAccessDeserializer::new(map);
+            return match kind.as_str() {
+                "work" => WorkRecord::deserialize(rest).map(Record::Work),
+                "user" => UserRecord::deserialize(rest).map(Record::User),
+                "event" => Event::deserialize(rest).map(Record::Event),
+                other => Err(A::Error::unknown_variant(other, RECORD_KINDS)),
+            };
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(first, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(k, v);
+        }
+        TaggedRecord::deserialize(serde_json::Value::Object(object))
+            .map(Record::from)
+            .map_err(A::Error::custom)
+    }
 }
 
 /// What a proxy sends: records in the order they happened, under a sequence number one above
