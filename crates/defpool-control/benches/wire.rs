@@ -59,7 +59,6 @@ fn decode_batch(b: Bencher) {
 #[divan::bench]
 fn general_path(b: Bencher) {
     let bytes = wire_batch();
-    b.counter(ItemsCount::new(RECORDS)).bench(|| {
-        serde_json::from_slice::<Envelope>(divan::black_box(&bytes)).expect("a batch")
-    });
+    b.counter(ItemsCount::new(RECORDS))
+        .bench(|| serde_json::from_slice::<Envelope>(divan::black_box(&bytes)).expect("a batch"));
 }

@@ -263,8 +263,14 @@ mod tests {
         assert!(wire.starts_with(br#"{"v":1,"type":"batch","#));
         let value: serde_json::Value = serde_json::from_slice(&wire).unwrap();
         let other_order = sorted_keys(value);
-        assert!(other_order.starts_with(r#"{"created_at_ms":"#), "{other_order}");
-        assert!(other_order.contains(r#"{"accepted_shares":10"#), "{other_order}");
+        assert!(
+            other_order.starts_with(r#"{"created_at_ms":"#),
+            "{other_order}"
+        );
+        assert!(
+            other_order.contains(r#"{"accepted_shares":10"#),
+            "{other_order}"
+        );
         assert_eq!(decode(other_order.as_bytes()).unwrap(), m);
     }
 

@@ -2,7 +2,8 @@
 //! added up, every number checked to fit its column, keys sorted (so concurrent transactions
 //! lock rows in the same order).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 use defpool_control::{Batch, Event, Record};
 use defpool_core::Ticker;
@@ -318,16 +319,17 @@ fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
 
 /// A row of a registry table (users, workers) as a batch has it.
 pub(crate) trait RegistryRow {
-    /// The row's key, as remembered.
-    fn key(&self) -> String;
+    /// Writes the row's key, as remembered, into `buf` (cleared first).
+    fn key_into(&self, buf: &mut String);
     /// Whether the row stores a payout address (workers have none to learn: always true).
     fn has_payout(&self) -> bool;
     fn first_seen_ms(&self) -> i64;
 }
 
 impl RegistryRow for UserRow<'_> {
-    fn key(&self) -> String {
-        self.user.to_string()
+    fn key_into(&self, buf: &mut String) {
+        buf.clear();
+        buf.push_str(self.user);
     }
     fn has_payout(&self) -> bool {
         self.payout_address.is_some()
@@ -338,9 +340,12 @@ impl RegistryRow for UserRow<'_> {
 }
 
 impl RegistryRow for WorkerRow<'_> {
-    fn key(&self) -> String {
+    fn key_into(&self, buf: &mut String) {
         // No user name holds a NUL (addresses and account names are checked by the proxy).
-        format!("{}\0{}", self.user, self.worker)
+        buf.clear();
+        buf.push_str(self.user);
+        buf.push('\0');
+        buf.push_str(self.worker);
     }
     fn has_payout(&self) -> bool {
         true
@@ -357,7 +362,7 @@ impl RegistryRow for WorkerRow<'_> {
 /// written again.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Known {
-    inner: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KnownFacts>>>,
+    inner: std::sync::Arc<std::sync::Mutex<HashMap<String, KnownFacts>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,10 +378,18 @@ impl Known {
     /// The rows that may change the stored row.
     pub(crate) fn unknown<R: RegistryRow + Clone>(&self, rows: &[R]) -> Vec<R> {
         let known = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = String::new();
         rows.iter()
-            .filter(|r| match known.get(&r.key()) {
-                None => true,
-                Some(k) => (r.has_payout() && !k.has_payout) || r.first_seen_ms() < k.first_seen_ms,
+            .filter(|r| {
+                match known.get({
+                    r.key_into(&mut key);
+                    key.as_str()
+                }) {
+                    None => true,
+                    Some(k) => {
+                        (r.has_payout() && !k.has_payout) || r.first_seen_ms() < k.first_seen_ms
+                    }
+                }
             })
             .cloned()
             .collect()
@@ -388,13 +401,24 @@ impl Known {
         if known.len() + rows.len() > KNOWN_MAX {
             known.clear();
         }
+        let mut key = String::new();
         for r in rows {
-            let k = known.entry(r.key()).or_insert(KnownFacts {
-                has_payout: false,
-                first_seen_ms: r.first_seen_ms(),
-            });
-            k.has_payout |= r.has_payout();
-            k.first_seen_ms = k.first_seen_ms.min(r.first_seen_ms());
+            r.key_into(&mut key);
+            match known.get_mut(key.as_str()) {
+                Some(k) => {
+                    k.has_payout |= r.has_payout();
+                    k.first_seen_ms = k.first_seen_ms.min(r.first_seen_ms());
+                }
+                None => {
+                    known.insert(
+                        key.clone(),
+                        KnownFacts {
+                            has_payout: r.has_payout(),
+                            first_seen_ms: r.first_seen_ms(),
+                        },
+                    );
+                }
+            }
         }
     }
 }
