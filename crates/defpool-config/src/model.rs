@@ -114,7 +114,7 @@ pub struct ServerConfig {
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
     /// The most batches of one proxy applied in one transaction: those already queued on its
-    /// connection behind the one being applied (a proxy keeps up to 32 in flight). 1 applies
+    /// connection behind the one being applied (a proxy keeps up to 64 in flight). 1 applies
     /// each batch alone.
     #[serde(default = "default_ingest_run_batches")]
     pub ingest_run_batches: u32,

@@ -389,12 +389,26 @@ impl Outbox {
 
     /// Sealed batches not yet acknowledged, in sequence order, at most `limit`.
     pub async fn unacknowledged(&self, limit: usize) -> Result<Vec<Batch>, OutboxError> {
+        self.unacknowledged_after(0, limit).await
+    }
+
+    /// Sealed batches not yet acknowledged with a sequence above `after` (those not sent yet),
+    /// in sequence order, at most `limit`.
+    pub async fn unacknowledged_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Batch>, OutboxError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = sqlx::query("SELECT sequence, body FROM batches ORDER BY sequence LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.inner.reader)
-            .await
-            .map_err(self.db("reading unacknowledged batches"))?;
+        let rows = sqlx::query(
+            "SELECT sequence, body FROM batches WHERE sequence > ? ORDER BY sequence LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.reader)
+        .await
+        .map_err(self.db("reading unacknowledged batches"))?;
         rows.iter()
             .map(|row| {
                 let body: String = get(row, 1, &self.inner.ctx.path, "batch row")?;

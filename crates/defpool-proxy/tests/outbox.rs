@@ -179,6 +179,15 @@ async fn round_trip_sequences_acknowledgement_and_reopen() {
     let b3 = outbox.seal().await.unwrap().unwrap();
     assert_eq!(b3.sequence, 3);
     assert_eq!(sequences(&outbox.unacknowledged(10).await.unwrap()), [2, 3]);
+    // What the control client sends next: after the last one sent, at most the window's room.
+    let after = |a, n| {
+        let outbox = outbox.clone();
+        async move { sequences(&outbox.unacknowledged_after(a, n).await.unwrap()) }
+    };
+    assert_eq!(after(0, 10).await, [2, 3]);
+    assert_eq!(after(2, 10).await, [3]);
+    assert_eq!(after(0, 1).await, [2]);
+    assert!(after(3, 10).await.is_empty());
     outbox.acknowledge(3).await.unwrap();
     assert!(outbox.unacknowledged(10).await.unwrap().is_empty());
     let t = outbox.totals().await.unwrap();

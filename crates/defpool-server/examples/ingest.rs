@@ -3,7 +3,7 @@
 //! Starts the real server (`defpool_server::server::run`, loopback, SQLite in a temp dir or a
 //! fresh PostgreSQL schema), connects P control clients speaking the real wire (Hello →
 //! Welcome, then `Batch` → `Ack`) and has each send B batches of R work records, keeping up to
-//! W batches unacknowledged as the proxy does (its send window is 32). Each client cycles over
+//! W batches unacknowledged as the proxy does (its send window is 64). Each client cycles over
 //! its own workers (10,000 users × 2 rigs), timestamped now, so a worker's records of one
 //! minute land on one work row, as in production. The batches are encoded before the clock
 //! starts; the clock runs from the first batch sent to the last acknowledgement. At the end the
@@ -12,7 +12,7 @@
 //! Every configuration in the lists runs on a fresh server and database, one after another:
 //!
 //! `cargo run --release -p defpool-server --example ingest -- --db sqlite,postgres
-//!  --proxies 1,4 --run-batches 1,32 [--batches 300] [--records 1000] [--window 32]`
+//!  --proxies 1,4 --run-batches 1,32 [--batches 300] [--records 1000] [--window 64]`
 //!
 //! `--run-batches` is the server's `ingest_run_batches` (1: each batch in its own transaction,
 //! as before runs). Bounded: at most 16 proxies, 10,000 batches of 10,000 records each, and
@@ -78,7 +78,7 @@ fn options() -> Result<Options, String> {
         run_batches: vec![1, 32],
         batches: 300,
         records: 1_000,
-        window: 32,
+        window: 64,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
