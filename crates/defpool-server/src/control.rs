@@ -133,16 +133,18 @@ impl ControlPlane {
         let _connected = Connected::new(&self.shared.metrics);
         let run_batches = self.shared.server_config().ingest_run_batches.max(1) as usize;
         // Messages are read and decoded by their own task while batches are applied, so that
-        // what arrives meanwhile is ready to join the next run. Bounded: a proxy keeps at most
-        // its window of batches unacknowledged, and reading stops when this is full.
+        // what arrives meanwhile is ready to join the next run. Bounded by bytes read ahead
+        // (`READ_AHEAD_BYTES`): reading stops until handled messages free their share.
         let (inbox_tx, mut inbox) = mpsc::channel(READ_AHEAD);
         let _reader = AbortOnDrop(tokio::spawn(read_messages(lines, inbox_tx)));
         // A message read while gathering a run that is not part of it, handled next.
-        let mut pending: Option<Incoming> = None;
+        let mut pending: Option<Read> = None;
         loop {
             tokio::select! {
-                incoming = next_incoming(&mut inbox, &mut pending) => {
-                    let batch = match incoming {
+                read = next_incoming(&mut inbox, &mut pending) => {
+                    // The read-ahead budget of this iteration's messages, freed at its end.
+                    let mut held = vec![read.held];
+                    let batch = match read.incoming {
                         Incoming::Message(Ok(Message::Batch(b))) => b,
                         Incoming::Message(Ok(other)) => {
                             tracing::debug!(proxy = %proxy.0, ?other, "ignoring a control message");
@@ -168,18 +170,19 @@ impl ControlPlane {
                         let next = match inbox.try_recv() {
                             Ok(next) => next,
                             Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => Incoming::Closed,
+                            Err(mpsc::error::TryRecvError::Disconnected) => Read { incoming: Incoming::Closed, held: None },
                         };
-                        match next {
+                        match next.incoming {
                             Incoming::Message(Ok(Message::Batch(b)))
                                 if b.proxy_id == proxy
                                     && run.last().and_then(|l| l.sequence.checked_add(1)) == Some(b.sequence) =>
                             {
                                 records += b.records.len();
                                 run.push(b);
+                                held.push(next.held);
                             }
                             other => {
-                                pending = Some(other);
+                                pending = Some(Read { incoming: other, held: next.held });
                                 break;
                             }
                         }
@@ -296,23 +299,47 @@ enum Incoming {
     Failed(String),
 }
 
-/// Messages read ahead of the one being handled.
-const READ_AHEAD: usize = 64;
+/// Messages read ahead of the one being handled, at most.
+const READ_AHEAD: usize = 128;
+/// Bytes of messages read ahead, at most (a proxy's window of 64 typical batches is a few MB;
+/// one message may be up to `MAX_MESSAGE_BYTES`).
+const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A message read ahead, with its share of the read-ahead budget (held until it is handled).
+struct Read {
+    incoming: Incoming,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 /// Reads and decodes the connection's messages until it closes, fails, or the connection's
-/// task is gone.
+/// task is gone; waits while the messages read ahead and not yet handled hold
+/// `READ_AHEAD_BYTES`.
 async fn read_messages<R: tokio::io::AsyncBufRead + Unpin>(
     mut lines: LineReader<R>,
-    out: mpsc::Sender<Incoming>,
+    out: mpsc::Sender<Read>,
 ) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
     loop {
-        let incoming = match lines.next_line().await {
-            Ok(Some(l)) => Incoming::Message(decode(l)),
-            Ok(None) => Incoming::Closed,
-            Err(e) => Incoming::Failed(e.to_string()),
+        let read = match lines.next_line().await {
+            Ok(Some(l)) => {
+                let bytes = l.len().clamp(1, READ_AHEAD_BYTES) as u32;
+                let held = budget.clone().acquire_many_owned(bytes).await.ok();
+                Read {
+                    incoming: Incoming::Message(decode(l)),
+                    held,
+                }
+            }
+            Ok(None) => Read {
+                incoming: Incoming::Closed,
+                held: None,
+            },
+            Err(e) => Read {
+                incoming: Incoming::Failed(e.to_string()),
+                held: None,
+            },
         };
-        let last = !matches!(incoming, Incoming::Message(_));
-        if out.send(incoming).await.is_err() || last {
+        let last = !matches!(read.incoming, Incoming::Message(_));
+        if out.send(read).await.is_err() || last {
             return;
         }
     }
@@ -320,14 +347,14 @@ async fn read_messages<R: tokio::io::AsyncBufRead + Unpin>(
 
 /// The message set aside while gathering a run, else the next one read. Cancel-safe: a
 /// set-aside message is taken only when returned, and a channel receive is cancel-safe.
-async fn next_incoming(
-    incoming: &mut mpsc::Receiver<Incoming>,
-    pending: &mut Option<Incoming>,
-) -> Incoming {
-    if let Some(message) = pending.take() {
-        return message;
+async fn next_incoming(inbox: &mut mpsc::Receiver<Read>, pending: &mut Option<Read>) -> Read {
+    if let Some(read) = pending.take() {
+        return read;
     }
-    incoming.recv().await.unwrap_or(Incoming::Closed)
+    inbox.recv().await.unwrap_or(Read {
+        incoming: Incoming::Closed,
+        held: None,
+    })
 }
 
 /// Stops a task when its owner is dropped.
