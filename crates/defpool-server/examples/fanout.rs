@@ -10,11 +10,13 @@
 //! `cargo run --release -p defpool-server --example fanout -- [PUSHES (50)] [CLIENTS (100)]`
 //! (bounded: at most 1,000 pushes and 1,000 clients, 10 s per push).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use defpool_control::{decode, encode, Message, ProxyId};
-use defpool_core::secret::Secret;
+use defpool_control::{decode, Message};
 use defpool_core::Algorithm;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -31,22 +33,14 @@ fn proxy_token(i: usize) -> String {
     format!("fanout-proxy-token-{i:04}-0123456789")
 }
 
-/// A loopback port free right now (the config refuses port 0).
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("free port: {e}"))
-}
-
 fn config_toml(db: &std::path::Path, clients: usize) -> Result<String, String> {
     let mut out = format!(
         "network = \"regtest\"\n[server]\ndatabase_url = \"sqlite:{}\"\n\
          control_listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n\
          admin_token = \"{ADMIN_TOKEN}\"\nwhitelist = [\"BTC\", \"BCH\"]\n",
         db.display(),
-        free_port()?,
-        free_port()?
+        support::free_port()?,
+        support::free_port()?
     );
     for i in 0..clients {
         out.push_str(&format!(
@@ -82,23 +76,9 @@ async fn client(
     welcomed: mpsc::Sender<()>,
     receipts: mpsc::UnboundedSender<(u64, Instant)>,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(control)
-        .await
-        .map_err(|e| format!("client {i}: connect: {e}"))?;
-    stream.set_nodelay(true).ok();
-    let (read, mut write) = stream.into_split();
-    let mut hello = encode(&Message::Hello {
-        proxy_id: ProxyId(proxy_id(i)),
-        token: Secret::new(proxy_token(i)),
-        group: "default".into(),
-        algorithms: vec![Algorithm::Sha256d],
-        last_acked_sequence: 0,
-    });
-    hello.push(b'\n');
-    write
-        .write_all(&hello)
-        .await
-        .map_err(|e| format!("client {i}: Hello: {e}"))?;
+    // The write half stays open: dropping it would end the session.
+    let (read, _write) =
+        support::hello(control, proxy_id(i), proxy_token(i), Algorithm::Sha256d).await?;
     let mut lines = BufReader::new(read).lines();
     let mut welcomed = Some(welcomed);
     while let Some(line) = lines

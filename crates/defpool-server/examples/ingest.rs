@@ -19,12 +19,14 @@
 //! 300 s per configuration. PostgreSQL: `DEFPOOL_TEST_POSTGRES` or
 //! `postgres://postgres@127.0.0.1:5432/test`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use defpool_control::{decode, encode, Batch, Message, ProxyId, Record, WorkRecord};
-use defpool_core::secret::Secret;
 use defpool_core::Algorithm;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -113,14 +115,6 @@ fn options() -> Result<Options, String> {
         return Err("out of bounds: proxies 1..=16, batches and records 1..=10,000, window and run-batches 1..=1,000".into());
     }
     Ok(o)
-}
-
-/// A loopback port free right now (the config refuses port 0).
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("free port: {e}"))
 }
 
 /// A fresh PostgreSQL schema; the URL selects it.
@@ -214,23 +208,8 @@ async fn client(
     window: usize,
     go: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<Duration>, String> {
-    let stream = TcpStream::connect(control)
-        .await
-        .map_err(|e| format!("client {p}: connect: {e}"))?;
-    stream.set_nodelay(true).ok();
-    let (read, mut write) = stream.into_split();
-    let mut hello = encode(&Message::Hello {
-        proxy_id: ProxyId(proxy_id(p)),
-        token: Secret::new(proxy_token(p)),
-        group: "default".into(),
-        algorithms: vec![Algorithm::Scrypt],
-        last_acked_sequence: 0,
-    });
-    hello.push(b'\n');
-    write
-        .write_all(&hello)
-        .await
-        .map_err(|e| format!("client {p}: Hello: {e}"))?;
+    let (read, mut write) =
+        support::hello(control, proxy_id(p), proxy_token(p), Algorithm::Scrypt).await?;
     let mut replies = BufReader::new(read).lines();
     loop {
         match next(&mut replies, p, "Welcome").await? {
@@ -333,8 +312,8 @@ async fn run_one(o: &Options, db: Db, proxies: usize, run_batches: u32) -> Resul
          admin_token = \"{ADMIN_TOKEN}\"\ningest_run_batches = {run_batches}\n\
          [server.rate_limit]\nrequests_per_sec = 1000000\nburst = 1000000\n",
         dir.join("unused.db").display(),
-        free_port()?,
-        free_port()?
+        support::free_port()?,
+        support::free_port()?
     );
     for p in 0..proxies {
         toml.push_str(&format!(
