@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defpool_control::{decode, encode, Batch, Message, ProxyId, Record, WireError};
+use defpool_control::{decode, encode, Assignment, Batch, Message, ProxyId, Record, WireError};
 use defpool_core::secret::Secret;
 use defpool_store::{ApplyOutcome, ApplySummary};
 use defpool_stratum::sv1::LineReader;
@@ -188,7 +188,23 @@ impl ControlPlane {
                         }
                     }
                     let metrics = &self.shared.metrics;
-                    let outcomes = match self.shared.store.apply_batches(&run).await {
+                    // Assignment changes still go out while the run is applied (a run, or a
+                    // fold after it, can take a while).
+                    let applied = {
+                        let apply = self.shared.store.apply_batches(&run);
+                        tokio::pin!(apply);
+                        loop {
+                            tokio::select! {
+                                r = &mut apply => break r,
+                                change = changes.recv() => {
+                                    if let Err(e) = self.push_change(change, &group, &mut write).await {
+                                        return e;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    let outcomes = match applied {
                         Ok(o) => o,
                         Err(e) => {
                             // Not applied, not acknowledged: the proxy keeps them and resends.
@@ -223,27 +239,11 @@ impl ControlPlane {
                         }
                     }
                 }
-                change = changes.recv() => match change {
-                    Ok(a) if a.group == group => {
-                        if let Err(e) = send(&mut write, &Message::Assign(a)).await {
-                            return e;
-                        }
-                        Metrics::add(&self.shared.metrics.assignments_pushed, 1);
+                change = changes.recv() => {
+                    if let Err(e) = self.push_change(change, &group, &mut write).await {
+                        return e;
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed changes: resend the current state.
-                        if let Ok(all) = self.shared.store.assignments().await {
-                            for a in all.into_iter().filter(|a| a.group == group) {
-                                if let Err(e) = send(&mut write, &Message::Assign(a)).await {
-                                    return e;
-                                }
-                                Metrics::add(&self.shared.metrics.assignments_pushed, 1);
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return "server stopping".into(),
-                },
+                }
                 _ = stop.changed() => return "server stopping".into(),
             }
         }
@@ -251,6 +251,33 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Sends an assignment change of this proxy's group (after missed changes, the group's
+    /// current assignments again); `Err` ends the connection.
+    async fn push_change(
+        &self,
+        change: Result<Assignment, broadcast::error::RecvError>,
+        group: &str,
+        write: &mut OwnedWriteHalf,
+    ) -> Result<(), String> {
+        let pushes = match change {
+            Ok(a) if a.group == group => vec![a],
+            Ok(_) => Vec::new(),
+            // Missed changes: resend the current state.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                match self.shared.store.assignments().await {
+                    Ok(all) => all.into_iter().filter(|a| a.group == group).collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err("server stopping".into()),
+        };
+        for a in pushes {
+            send(write, &Message::Assign(a)).await?;
+            Metrics::add(&self.shared.metrics.assignments_pushed, 1);
+        }
+        Ok(())
+    }
+
     /// After a batch committed: users' payout addresses checked again (an unpayable user's work
     /// stays on record, the ledger withholds their credits), block phase changes published and
     /// handed to the ledger service.
