@@ -153,6 +153,9 @@ impl Store {
     /// batch with the outcomes of [`Store::apply_batch`]. For a run applied together,
     /// `work_rows` is counted on its last batch's summary.
     pub async fn apply_batches(&self, run: &[Batch]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        if run.is_empty() {
+            return Ok(Vec::new());
+        }
         let consecutive = run.windows(2).all(|w| {
             w[1].proxy_id == w[0].proxy_id && Some(w[1].sequence) == w[0].sequence.checked_add(1)
         });
@@ -560,7 +563,6 @@ pub(crate) fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The outcome of a batch whose sequence is not `last + 1`.
 /// What a backend did with a run of batches: applied all of them (a summary per batch), or
 /// refused the run because its first batch is not the next one expected.
 pub(crate) enum RunOutcome {
@@ -592,6 +594,7 @@ pub(crate) fn run_summaries(
         .collect()
 }
 
+/// The outcome of a batch whose sequence is not `last + 1`.
 pub(crate) fn refused(sequence: u64, last: u64) -> ApplyOutcome {
     if sequence <= last {
         ApplyOutcome::Duplicate {

@@ -146,12 +146,14 @@ pub(crate) fn prepare(run: &[Batch]) -> Result<Prepared<'_>, StoreError> {
         });
     };
     let records: usize = run.iter().map(|b| b.records.len()).sum();
-    let mut users: HashMap<&str, UserRow> = HashMap::with_capacity(records);
-    let mut workers: HashMap<(&str, &str), WorkerRow> = HashMap::with_capacity(records);
-    let mut rejects: HashMap<(&str, &str, &str), i64> = HashMap::with_capacity(records);
-    let mut work: HashMap<WorkKey, WorkRow> = HashMap::with_capacity(records);
-    let mut user_minutes: HashMap<(&str, i64, &str), Amounts> = HashMap::with_capacity(records);
-    let mut coin_minutes: HashMap<(&str, i64), Amounts> = HashMap::with_capacity(records);
+    let mut maps = RunMaps {
+        users: HashMap::with_capacity(records),
+        workers: HashMap::with_capacity(records),
+        rejects: HashMap::with_capacity(records),
+        work: HashMap::with_capacity(records),
+        user_minutes: HashMap::with_capacity(records),
+        coin_minutes: HashMap::with_capacity(records),
+    };
     let mut p = Prepared {
         proxy_id: &first.proxy_id.0,
         first_sequence: to_i64("batch sequence", first.sequence)?,
@@ -167,23 +169,22 @@ pub(crate) fn prepare(run: &[Batch]) -> Result<Prepared<'_>, StoreError> {
             user_records: p.user_records,
             work: p.total_work,
         };
-        gather(
-            batch,
-            &mut p,
-            &mut users,
-            &mut workers,
-            &mut rejects,
-            &mut work,
-            &mut user_minutes,
-            &mut coin_minutes,
-        )?;
+        gather(batch, &mut p, &mut maps)?;
         p.tallies.push(BatchTally {
             work_records: p.work_records - before.work_records,
             user_records: p.user_records - before.user_records,
             work: p.total_work - before.work,
         });
     }
-    // Gathered in hash maps (a batch's thousands of keys), then put in key order.
+    // Gathered in hash maps (a run's thousands of keys), then put in key order.
+    let RunMaps {
+        users,
+        workers,
+        rejects,
+        work,
+        user_minutes,
+        coin_minutes,
+    } = maps;
     p.users = sorted(users).into_iter().map(|(_, v)| v).collect();
     p.workers = sorted(workers).into_iter().map(|(_, v)| v).collect();
     p.rejects = sorted(rejects);
@@ -194,18 +195,31 @@ pub(crate) fn prepare(run: &[Batch]) -> Result<Prepared<'_>, StoreError> {
     Ok(p)
 }
 
+/// A run's rows by key while its batches are gathered.
+struct RunMaps<'a> {
+    users: HashMap<&'a str, UserRow<'a>>,
+    workers: HashMap<(&'a str, &'a str), WorkerRow<'a>>,
+    /// (user, worker, reason) → shares.
+    rejects: HashMap<(&'a str, &'a str, &'a str), i64>,
+    work: HashMap<WorkKey<'a>, WorkRow>,
+    user_minutes: HashMap<(&'a str, i64, &'a str), Amounts>,
+    coin_minutes: HashMap<(&'a str, i64), Amounts>,
+}
+
 /// Adds one batch's records to the run's maps.
-#[allow(clippy::too_many_arguments)]
 fn gather<'a>(
     batch: &'a Batch,
     p: &mut Prepared<'a>,
-    users: &mut HashMap<&'a str, UserRow<'a>>,
-    workers: &mut HashMap<(&'a str, &'a str), WorkerRow<'a>>,
-    rejects: &mut HashMap<(&'a str, &'a str, &'a str), i64>,
-    work: &mut HashMap<WorkKey<'a>, WorkRow>,
-    user_minutes: &mut HashMap<(&'a str, i64, &'a str), Amounts>,
-    coin_minutes: &mut HashMap<(&'a str, i64), Amounts>,
+    maps: &mut RunMaps<'a>,
 ) -> Result<(), StoreError> {
+    let RunMaps {
+        users,
+        workers,
+        rejects,
+        work,
+        user_minutes,
+        coin_minutes,
+    } = maps;
     for record in &batch.records {
         match record {
             Record::User(u) => {
