@@ -20,7 +20,7 @@ use defpool_control::{decode, Message};
 use defpool_core::Algorithm;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const ADMIN_TOKEN: &str = "fanout-admin-token-0123456789abcdef";
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,19 +159,8 @@ async fn main() -> Result<(), String> {
         .map_err(|e| format!("config: {e}"))?;
     let valid = defpool_config::load(&config).map_err(|e| format!("config: {e}"))?;
 
-    let (started_tx, started_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(defpool_server::server::run(
-        valid,
-        Some(started_tx),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let started = tokio::time::timeout(Duration::from_secs(30), started_rx)
-        .await
-        .map_err(|_| "the server did not start within 30 s".to_string())?
-        .map_err(|_| "the server stopped while starting".to_string())?;
+    let server = support::Server::start(valid).await?;
+    let started = &server.started;
 
     let (welcome_tx, mut welcome_rx) = mpsc::channel(clients);
     let (receipt_tx, mut receipt_rx) = mpsc::unbounded_channel();
@@ -223,8 +212,7 @@ async fn main() -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    server.stop().await;
     tasks.abort_all();
     let _ = std::fs::remove_dir_all(&dir);
 

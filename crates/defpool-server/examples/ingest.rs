@@ -30,7 +30,6 @@ use defpool_control::{decode, encode, Batch, Message, ProxyId, Record, WorkRecor
 use defpool_core::Algorithm;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 const ADMIN_TOKEN: &str = "ingest-admin-token-0123456789abcdef";
 const LIMIT: Duration = Duration::from_secs(300);
@@ -329,19 +328,8 @@ async fn run_one(o: &Options, db: Db, proxies: usize, run_batches: u32) -> Resul
         s.database_url = database_url.clone();
     }
 
-    let (started_tx, started_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(defpool_server::server::run(
-        valid,
-        Some(started_tx),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let started = tokio::time::timeout(Duration::from_secs(30), started_rx)
-        .await
-        .map_err(|_| "the server did not start within 30 s".to_string())?
-        .map_err(|_| "the server stopped while starting".to_string())?;
+    let server = support::Server::start(valid).await?;
+    let started = &server.started;
 
     let mut expected = 0u128;
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
@@ -365,8 +353,7 @@ async fn run_one(o: &Options, db: Db, proxies: usize, run_batches: u32) -> Resul
     .await;
     let elapsed = t0.elapsed();
     let applies = counter(started.api, "defpool_batch_transactions_total").await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    server.stop().await;
     let stored = match defpool_store::Store::connect(&database_url).await {
         Ok(s) => s.total_work().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

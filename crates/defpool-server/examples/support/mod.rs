@@ -42,3 +42,40 @@ pub async fn hello(
         .map_err(|e| format!("{proxy_id}: Hello: {e}"))?;
     Ok((read, write))
 }
+
+/// The real server, started in this process.
+pub struct Server {
+    pub started: defpool_server::server::Started,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), defpool_server::server::ServerError>>,
+}
+
+impl Server {
+    /// Starts the server with `config` and waits (up to 30 s) until it listens.
+    pub async fn start(config: defpool_config::Validated) -> Result<Server, String> {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(defpool_server::server::run(
+            config,
+            Some(started_tx),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let started = tokio::time::timeout(std::time::Duration::from_secs(30), started_rx)
+            .await
+            .map_err(|_| "the server did not start within 30 s".to_string())?
+            .map_err(|_| "the server stopped while starting".to_string())?;
+        Ok(Server {
+            started,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops it and waits (up to 30 s) for it to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.task).await;
+    }
+}
