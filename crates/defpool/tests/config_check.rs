@@ -242,6 +242,12 @@ const CASES: &[Case] = &[
         expect: &["server.pool_fee_bps", "outside 0..=10000"],
     },
     Case {
+        name: "no batches per run",
+        base: "demo.toml",
+        edit: ("pool_fee_bps = 100", "pool_fee_bps = 100\ningest_run_batches = 0"),
+        expect: &["server.ingest_run_batches", "outside 1..=1000"],
+    },
+    Case {
         name: "min difficulty above max",
         base: "demo.toml",
         edit: ("min_difficulty = 0.001", "min_difficulty = 0.001\nmax_difficulty = 0.0001"),
