@@ -132,13 +132,19 @@ impl Inner {
 
     /// A template, or the reason to wait (`Ok(None)`: the node is not ready, retry) or give up.
     async fn template(&self, longpoll: Option<String>) -> Result<Option<BlockTemplate>, String> {
+        let is_longpoll = longpoll.is_some();
         match self
             .rpc
             .get_block_template(&self.settings.rules, longpoll)
             .await
         {
             Ok(t) => Ok(Some(t)),
-            Err(RpcError::Timeout { .. }) => Ok(None),
+            // A long poll ends in a timeout whenever no block comes for a while.
+            Err(RpcError::Timeout { .. }) if is_longpoll => Ok(None),
+            Err(e @ RpcError::Timeout { .. }) => {
+                tracing::warn!(adapter = %self.settings.adapter, error = %e, "getblocktemplate timed out; retrying");
+                Ok(None)
+            }
             // In initial block download, without peers, a transient refusal: wait and retry.
             Err(e) if e.rpc_code().is_some() => {
                 tracing::warn!(adapter = %self.settings.adapter, error = %e, "the node refuses templates for now; proxies keep their last work");
