@@ -56,6 +56,8 @@ struct Inner {
     /// Parents one of our blocks extends (or is being submitted on): a second block on the
     /// same parent can only lose to our own ("inconclusive"), so it is not submitted.
     extended_parents: Mutex<HashSet<Hash32>>,
+    /// Whether the block follower runs (it is started by the first session and outlives it).
+    following: std::sync::atomic::AtomicBool,
 }
 
 impl DaemonConnector {
@@ -72,6 +74,7 @@ impl DaemonConnector {
                 tracker: Mutex::new(tracker),
                 submitted: Mutex::new(HashSet::new()),
                 extended_parents: Mutex::new(HashSet::new()),
+                following: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -187,6 +190,13 @@ impl Inner {
             })
             .await;
 
+        if !self
+            .following
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(self.clone().follow_forever());
+        }
+
         let mut jobs: BTreeMap<u32, Work> = BTreeMap::new();
         let mut next_job: u32 = 1;
         let mut tip: Option<Hash32> = None;
@@ -235,10 +245,7 @@ impl Inner {
                     }
                 }
                 _ = tip_tick.tick() => match self.rpc.get_best_block_hash().await {
-                    Ok(best) if Some(best) != tip => {
-                        need_template = true;
-                        self.follow_blocks().await;
-                    }
+                    Ok(best) if Some(best) != tip => need_template = true,
                     Ok(_) => {}
                     Err(e) if e.is_transient() => tracing::warn!(adapter = %name, error = %e, "tip poll failed"),
                     Err(e) => break format!("getbestblockhash: {e}"),
@@ -427,11 +434,39 @@ impl Inner {
         }
     }
 
-    /// Asks the node where each tracked block stands and reports changes.
-    async fn follow_blocks(&self) {
+    /// Follows found blocks for the life of the process, whenever the node's tip moves. Apart
+    /// from the sessions: a template's tip is no sign that the blocks were followed (a long
+    /// poll can bring the new tip first), and a block must still mature or orphan while no
+    /// session is up.
+    async fn follow_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TIP_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut followed: Option<Hash32> = None;
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.rpc.get_best_block_hash().await {
+                Ok(best) => {
+                    failing = false;
+                    if Some(best) != followed && self.follow_blocks().await {
+                        followed = Some(best);
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(adapter = %self.settings.adapter, error = %e, "cannot read the node's tip to follow found blocks; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Asks the node where each tracked block stands and reports changes; false if the node
+    /// could not be asked (try again).
+    async fn follow_blocks(&self) -> bool {
         let watched = self.tracker.lock().expect("tracker lock").watched();
         if watched.is_empty() {
-            return;
+            return true;
         }
         let mut tip_height = 0;
         let mut changed = false;
@@ -447,7 +482,7 @@ impl Inner {
                 Err(e) if e.rpc_code().is_some() => -1, // unknown to the node: never landed
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot follow found blocks now");
-                    return;
+                    return false;
                 }
             };
             let transition = self
@@ -476,5 +511,6 @@ impl Inner {
         if changed {
             self.save_tracker();
         }
+        true
     }
 }

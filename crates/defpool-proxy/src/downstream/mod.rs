@@ -24,9 +24,8 @@ pub async fn forward(
     pad: usize,
     found_by: &crate::identity::MinerIdentity,
 ) -> bool {
-    if !template.job.target.is_met_by(&checked.pow_hash)
-        && checked.class != ShareClass::BlockCandidate
-    {
+    let below_pool_target = !template.job.target.is_met_by(&checked.pow_hash);
+    if below_pool_target && checked.class != ShareClass::BlockCandidate {
         return false;
     }
     let mut en = Vec::with_capacity(pad + extranonce.len());
@@ -40,6 +39,7 @@ pub async fn forward(
         version: checked.header.version,
         job_version: template.job.version,
         found_by: format!("{}.{}", found_by.user, found_by.worker),
+        below_pool_target,
     };
     if !template.upstream.submit(share).await {
         tracing::warn!(upstream = %template.upstream.name, "upstream closed; share accounted but not forwarded");

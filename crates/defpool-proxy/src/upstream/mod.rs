@@ -50,6 +50,10 @@ pub struct UpstreamShare {
     pub job_version: u32,
     /// Who found it (`user.worker`), for block events.
     pub found_by: String,
+    /// Forwarded only because it meets the network target, not the pool's share target (a
+    /// regtest chain, or an adapter whose block target is stricter than nBits): the pool may
+    /// rightly refuse it, so its reject does not count against the pool's health.
+    pub below_pool_target: bool,
 }
 
 #[derive(Debug)]
@@ -223,6 +227,23 @@ impl Emitter {
 pub fn host_port(address: &str) -> String {
     let rest = address.split_once("://").map_or(address, |(_, r)| r);
     rest.trim_end_matches('/').to_string()
+}
+
+/// A share sent upstream and not yet answered.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub at: std::time::Instant,
+    /// See `UpstreamShare::below_pool_target`.
+    pub below_pool_target: bool,
+}
+
+impl Sent {
+    pub fn now(share: &UpstreamShare) -> Sent {
+        Sent {
+            at: std::time::Instant::now(),
+            below_pool_target: share.below_pool_target,
+        }
+    }
 }
 
 /// Rolling window of the last results, for the persistent-reject rule.

@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::{
-    host_port, Emitter, ResultWindow, UpstreamCommand, UpstreamEvent, UpstreamJob, UpstreamSpec,
-    UpstreamStats,
+    host_port, Emitter, ResultWindow, Sent, UpstreamCommand, UpstreamEvent, UpstreamJob,
+    UpstreamSpec, UpstreamStats,
 };
 
 const ID_CONFIGURE: u64 = 1;
@@ -114,7 +114,7 @@ async fn session(
     let mut mask = 0u32;
     let mut target: Option<Target> = None;
     let mut last_job = Instant::now();
-    let mut pending: HashMap<u64, Instant> = HashMap::new();
+    let mut pending: HashMap<u64, Sent> = HashMap::new();
     let mut next_id = FIRST_SUBMIT_ID;
     let mut window = ResultWindow::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -159,14 +159,18 @@ async fn session(
                                     return Ended::Down(format!("authorization of {:?} refused: {}", spec.upstream.username, sv1::error_message(&r.error)));
                                 }
                             }
-                            id if id >= FIRST_SUBMIT_ID && pending.remove(&id).is_some() => {
-                                {
-                                    let accepted = r.result.as_bool() == Some(true) && r.error.is_null();
-                                    window.push(accepted);
-                                    if accepted {
-                                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            id if id >= FIRST_SUBMIT_ID && pending.contains_key(&id) => {
+                                let sent = pending.remove(&id).expect("checked above");
+                                let accepted = r.result.as_bool() == Some(true) && r.error.is_null();
+                                if accepted {
+                                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                                    window.push(true);
+                                } else {
+                                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                    if sent.below_pool_target {
+                                        tracing::info!(upstream = %name, reason = %sv1::error_message(&r.error), "the pool refused a block candidate below its share target (not counted against the pool)");
                                     } else {
-                                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                        window.push(false);
                                         tracing::debug!(upstream = %name, reason = %sv1::error_message(&r.error), "share rejected upstream");
                                         if window.rejects() >= spec.limits.reject_streak {
                                             return Ended::Down(format!("{} of the last 20 shares rejected (last: {})", window.rejects(), sv1::error_message(&r.error)));
@@ -230,6 +234,7 @@ async fn session(
                     Some(UpstreamCommand::Submit(s)) => s,
                     Some(UpstreamCommand::Close) | None => return Ended::Closed,
                 };
+                let sent = Sent::now(&share);
                 let rolled = share.version ^ share.job_version;
                 let line = MinerRequest::Submit(Submit {
                     worker: spec.upstream.username.clone(),
@@ -240,7 +245,7 @@ async fn session(
                     version_bits: (rolled != 0).then_some(share.version & mask),
                 })
                 .to_line(next_id);
-                pending.insert(next_id, Instant::now());
+                pending.insert(next_id, sent);
                 next_id += 1;
                 stats.submitted.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = write.write_all(line.as_bytes()).await {
@@ -254,7 +259,7 @@ async fn session(
                 if ready && last_job.elapsed() > spec.limits.no_job {
                     return Ended::Down(format!("no job for {} s", last_job.elapsed().as_secs()));
                 }
-                if let Some(oldest) = pending.values().min() {
+                if let Some(oldest) = pending.values().map(|s| s.at).min() {
                     if oldest.elapsed() > spec.limits.no_submit_reply {
                         return Ended::Down(format!("no reply to a submit for {} s", oldest.elapsed().as_secs()));
                     }

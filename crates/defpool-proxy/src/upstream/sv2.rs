@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::{
-    host_port, Emitter, ResultWindow, UpstreamCommand, UpstreamEvent, UpstreamJob, UpstreamSpec,
-    UpstreamStats,
+    host_port, Emitter, ResultWindow, Sent, UpstreamCommand, UpstreamEvent, UpstreamJob,
+    UpstreamSpec, UpstreamStats,
 };
 
 /// BIP320 bits an SV2 job allows when `version_rolling_allowed` is set.
@@ -208,7 +208,7 @@ async fn session(
 
     let mut futures: BTreeMap<u32, FutureJob> = BTreeMap::new();
     let mut current: Option<([u8; 32], u32)> = None; // prev hash, nbits
-    let mut pending: HashMap<u32, Instant> = HashMap::new();
+    let mut pending: HashMap<u32, Sent> = HashMap::new();
     let mut seq: u32 = 0;
     let mut mask = spec.coin_version_mask;
     let mut last_job = Instant::now();
@@ -263,8 +263,12 @@ async fn session(
                         }
                     }
                     Message::SubmitSharesError { sequence_number, error_code, .. } => {
-                        pending.remove(&sequence_number);
+                        let sent = pending.remove(&sequence_number);
                         stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        if sent.is_some_and(|s| s.below_pool_target) {
+                            tracing::info!(upstream = %name, reason = %error_code, "the pool refused a block candidate below its share target (not counted against the pool)");
+                            continue;
+                        }
                         window.push(false);
                         tracing::debug!(upstream = %name, reason = %error_code, "share rejected upstream");
                         if window.rejects() >= spec.limits.reject_streak {
@@ -289,7 +293,7 @@ async fn session(
                 };
                 let Ok(job_id) = share.job_id.parse::<u32>() else { continue };
                 seq = seq.wrapping_add(1);
-                pending.insert(seq, Instant::now());
+                pending.insert(seq, Sent::now(&share));
                 stats.submitted.fetch_add(1, Ordering::Relaxed);
                 let m = Message::SubmitSharesExtended { channel_id, sequence_number: seq, job_id, nonce: share.nonce, ntime: share.ntime, version: share.version, extranonce: share.extranonce };
                 if let Err(e) = writer.send(&m).await {
@@ -300,7 +304,7 @@ async fn session(
                 if last_job.elapsed() > spec.limits.no_job {
                     return Ended::Down(format!("no job for {} s", last_job.elapsed().as_secs()));
                 }
-                if let Some(oldest) = pending.values().min() {
+                if let Some(oldest) = pending.values().map(|s| s.at).min() {
                     if oldest.elapsed() > spec.limits.no_submit_reply {
                         return Ended::Down(format!("no reply to a submit for {} s", oldest.elapsed().as_secs()));
                     }
