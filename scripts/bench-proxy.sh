@@ -355,6 +355,26 @@ calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
 # Accepted shares the proxy counted so far.
 proxy_accepted() { status | jq -r '.counters.shares_accepted'; }
 
+# The proxy's share answer-time buckets (`share_answer_us.buckets`, [upper µs, count]), or [] if
+# this build has none.
+answer_buckets() { status | jq -c '.share_answer_us.buckets // []'; }
+
+# answer_note BEFORE AFTER: the proxy's own answer-time percentiles between two readings of
+# answer_buckets (each bucket's upper bound, so within 25 % above the exact figure).
+answer_note() {
+  local line
+  line=$(jq -nr --argjson a "$1" --argjson b "$2" '
+    ($a | map({key: (.[0] | tostring), value: .[1]}) | from_entries) as $before
+    | [$b[] | {us: .[0], n: (.[1] - ($before[.[0] | tostring] // 0))} | select(.n > 0)] as $d
+    | ($d | map(.n) | add // 0) as $total
+    | def pct(p): (p * $total | ceil) as $rank
+        | first(foreach $d[] as $e (0; . + $e.n; if . >= $rank then $e.us else empty end)) // 0;
+      if $total == 0 then empty
+      else "p50 \(pct(0.5) / 10 | round / 100) ms, p99 \(pct(0.99) / 10 | round / 100) ms, p99.9 \(pct(0.999) / 10 | round / 100) ms over \($total) answers" end')
+  [ -n "$line" ] && note "  proxy's own answer time in the window (submit handled -> answer written, commit included): $line"
+  return 0
+}
+
 # ---- phases ---------------------------------------------------------------------------------
 
 # 10,000 idle miners of KIND switched BTC -> BCH; the loadgen times command -> first BCH job.
@@ -420,7 +440,7 @@ phase_stale() {
 # sha256d throughput: 2,000 miners at 20,000 shares/s in total for 28 s; the pool's difficulty is
 # 1,000 times the miners', so about 20 shares/s are forwarded.
 phase_throughput() {
-  local kind=$1 n=2000 port extra=() a0 a1 c0 c1
+  local kind=$1 n=2000 port extra=() a0 a1 c0 c1 h0 h1
   begin_phase "throughput-$kind"
   start_proxy 0.000001 0.002 5000
   port=$SV1_PORT
@@ -431,11 +451,11 @@ phase_throughput() {
     "${extra[@]}"
   perf_window 6 5
   sleep 4
-  a0=$(proxy_accepted); c0=$(status | jq -r .outbox.commits)
+  a0=$(proxy_accepted); c0=$(status | jq -r .outbox.commits); h0=$(answer_buckets)
   window_begin
   sleep 20
   window_end
-  a1=$(proxy_accepted); c1=$(status | jq -r .outbox.commits)
+  a1=$(proxy_accepted); c1=$(status | jq -r .outbox.commits); h1=$(answer_buckets)
   wait_loadgen 60
   stop_all
   local r="$PHASE_DIR/report.json"
@@ -443,6 +463,7 @@ phase_throughput() {
   note "  steady 20 s window: $(calc "($a1 - $a0) / $W_SECS" 0) shares/s accepted by the proxy, $(calc "($c1 - $c0) / $W_SECS" 0) outbox commits/s"
   note "  latency (whole run): $(jq -r '"p50 \(.latency_us_p50/10|round/100) ms, p99 \(.latency_us_p99/10|round/100) ms, max \(.latency_us_max/10|round/100) ms"' "$r")"
   steady_latency_note "$r"
+  answer_note "$h0" "$h1"
   note "  CPU in the window: $W_LOAD; proxy $(calc "$W_PROXY / $HZ * 1000000 / ($a1 - $a0)" 1) us per share"
   note "  forwarded to the pool: $(jq -r '"\(.shares_accepted) accepted, \(.shares_rejected) rejected"' "$PHASE_DIR/pool-btc.json")"
 }

@@ -165,6 +165,17 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         }),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let answers = c.share_answer.snapshot();
+    let share_answer = json!({
+        "count": answers.count(),
+        "p50": answers.percentile_us(50.0),
+        "p90": answers.percentile_us(90.0),
+        "p99": answers.percentile_us(99.0),
+        "p999": answers.percentile_us(99.9),
+        "max": answers.percentile_us(100.0),
+        // [upper bound µs, count] of the non-empty buckets: two readings subtract to a window.
+        "buckets": answers.buckets(),
+    });
     Json(json!({
         "proxy_id": state.proxy_id,
         "groups": groups,
@@ -177,6 +188,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
             "extranonce_resets": c.extranonce_resets.load(Ordering::Relaxed),
             "reconnects_sent": c.reconnects_sent.load(Ordering::Relaxed),
         },
+        "share_answer_us": share_answer,
         "workers": workers,
         "outbox": outbox,
     }))

@@ -53,6 +53,8 @@ pub struct Counters {
     pub shares_rejected: AtomicU64,
     pub extranonce_resets: AtomicU64,
     pub reconnects_sent: AtomicU64,
+    /// Submit handled → answer written, outbox commit included (SV1 and SV2).
+    pub share_answer: crate::latency::LatencyHistogram,
 }
 
 /// Per-worker figures for the status endpoint (batches carry the durable ones).

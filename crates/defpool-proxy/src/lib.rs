@@ -15,6 +15,7 @@ pub mod control;
 pub mod downstream;
 pub mod group;
 pub mod identity;
+pub mod latency;
 pub mod layout;
 pub mod outbox;
 pub mod proxy;

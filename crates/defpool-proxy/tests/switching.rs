@@ -117,6 +117,18 @@ async fn every_miner_kind_follows_two_switches_and_a_failover_without_disconnect
         "failover never reached btc-sv1: {status}"
     );
     assert!(status.contains("\"failovers\":1"), "{status}");
+    // Every answered submit is in the answer-time histogram: at least the accepted shares.
+    let body = &status[status.find('{').expect("a JSON body")..];
+    let status_json: serde_json::Value = serde_json::from_str(body).expect("status JSON");
+    let answers = &status_json["share_answer_us"];
+    let accepted = status_json["counters"]["shares_accepted"].as_u64().unwrap();
+    assert!(accepted > 0, "{status}");
+    assert!(answers["count"].as_u64().unwrap() >= accepted, "{answers}");
+    let (p50, p99) = (
+        answers["p50"].as_u64().unwrap(),
+        answers["p99"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99, "{answers}");
 
     let (outbox_by_coin, appended) = outbox_by_coin(&dir.join("outbox.db"), "switch-proxy").await;
     let standard = "sv2standard".to_string();

@@ -330,7 +330,12 @@ impl Session {
                 }
                 self.reply_ok(&req.id, json!(true)).await
             }
-            MinerRequest::Submit(sub) => self.on_submit(&req.id, sub).await,
+            MinerRequest::Submit(sub) => {
+                let started = std::time::Instant::now();
+                let answered = self.on_submit(&req.id, sub).await;
+                self.ctx.counters.share_answer.record(started.elapsed());
+                answered
+            }
             MinerRequest::Unknown(m) => {
                 tracing::debug!(peer = %self.peer, method = %m, "unknown SV1 method");
                 self.reply_err(
