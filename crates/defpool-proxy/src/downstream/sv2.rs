@@ -382,6 +382,19 @@ impl Session {
     }
 
     async fn on_message(&mut self, m: Message) -> Result<(), String> {
+        if matches!(
+            m,
+            Message::SubmitSharesStandard { .. } | Message::SubmitSharesExtended { .. }
+        ) {
+            let started = std::time::Instant::now();
+            let answered = self.on_channel_message(m).await;
+            self.ctx.counters.share_answer.record(started.elapsed());
+            return answered;
+        }
+        self.on_channel_message(m).await
+    }
+
+    async fn on_channel_message(&mut self, m: Message) -> Result<(), String> {
         match m {
             Message::OpenStandardMiningChannel {
                 request_id,
@@ -844,28 +857,8 @@ impl Session {
         .await
     }
 
-    /// Handles one submit and records how long its answer took.
     #[allow(clippy::too_many_arguments)]
     async fn submit(
-        &mut self,
-        channel_id: u32,
-        seq: u32,
-        job_id: u32,
-        nonce: u32,
-        ntime: u32,
-        version: u32,
-        extranonce: Option<Vec<u8>>,
-    ) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let answered = self
-            .answer_submit(channel_id, seq, job_id, nonce, ntime, version, extranonce)
-            .await;
-        self.ctx.counters.share_answer.record(started.elapsed());
-        answered
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn answer_submit(
         &mut self,
         channel_id: u32,
         seq: u32,
