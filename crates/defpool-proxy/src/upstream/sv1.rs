@@ -159,8 +159,7 @@ async fn session(
                                     return Ended::Down(format!("authorization of {:?} refused: {}", spec.upstream.username, sv1::error_message(&r.error)));
                                 }
                             }
-                            id if id >= FIRST_SUBMIT_ID && pending.contains_key(&id) => {
-                                let sent = pending.remove(&id).expect("checked above");
+                            id if id >= FIRST_SUBMIT_ID => if let Some(sent) = pending.remove(&id) {
                                 let accepted = r.result.as_bool() == Some(true) && r.error.is_null();
                                 if accepted {
                                     stats.accepted.fetch_add(1, Ordering::Relaxed);
