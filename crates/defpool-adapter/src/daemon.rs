@@ -182,6 +182,14 @@ impl Inner {
         if let Ok(0) = self.rpc.get_connection_count().await {
             tracing::warn!(adapter = %name, "node has no peers: blocks it accepts reach nobody else");
         }
+        // Found blocks are followed from now on, by a task that outlives this session.
+        if !self
+            .following
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(self.clone().follow_forever());
+        }
+
         emitter
             .emit(UpstreamEvent::Ready {
                 extranonce_prefix: Vec::new(),
@@ -189,13 +197,6 @@ impl Inner {
                 version_mask: spec.coin_version_mask,
             })
             .await;
-
-        if !self
-            .following
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            tokio::spawn(self.clone().follow_forever());
-        }
 
         let mut jobs: BTreeMap<u32, Work> = BTreeMap::new();
         let mut next_job: u32 = 1;

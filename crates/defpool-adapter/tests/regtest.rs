@@ -3,7 +3,8 @@
 //! accepted by `submitblock` — below MWEB activation, in the BIP9 signalling window, and past
 //! height 432 with a peg-in, the HogEx and the MWEB extension block, each with a segwit payment
 //! in the block. Also the daemon's answers to a wrong coinbase value, a block that does not
-//! decode, a wrong password and a closed port.
+//! decode, a wrong password and a closed port. And the daemon upstream's block follower: a found
+//! block is reported mature although the session that found it has ended.
 //!
 //! Two nodes run, each in its own temporary directory, on loopback with free ports: `getblocktemplate`
 //! refuses to work on a node without peers (`-9`), so the second node is the first one's peer
@@ -545,4 +546,133 @@ async fn blocks_from_templates_are_accepted_before_and_after_mweb() {
     );
     drop(b);
     drop(a);
+}
+
+/// A block the adapter found is followed to maturity even after the daemon session that found
+/// it has ended (the proxies gone, the session failing over): following is not tied to a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_blocks_are_followed_to_maturity_after_the_session_ends() {
+    use defpool_adapter::daemon::{DaemonConnector, DaemonSettings};
+    use defpool_adapter::lifecycle::Tracker;
+    use defpool_control::{BlockState, Event, ProxyId, Record, UpstreamKind, UpstreamRef};
+    use defpool_proxy::outbox::{Outbox, OutboxOptions};
+    use defpool_proxy::upstream::{
+        Emitter, StallLimits, UpstreamConnector, UpstreamEvent, UpstreamSpec, UpstreamStats,
+    };
+
+    if !installed() {
+        eprintln!("SKIPPED: litecoind is not installed (apt-get install litecoind); the regtest test did not run");
+        return;
+    }
+    let password = "defpool-follow-password";
+    let mut node = Node::start(
+        "follow",
+        &[
+            "-rpcuser=defpool".into(),
+            format!("-rpcpassword={password}"),
+        ],
+    );
+    let rpc = DaemonRpc::new(
+        node.url(),
+        RpcAuth::UserPass {
+            user: "defpool".into(),
+            password: Secret::new(password),
+        },
+        Duration::from_secs(10),
+    );
+    wait_ready(&mut node, &rpc).await;
+    call(&rpc, "createwallet", json!(["defpool"])).await;
+    let address = call(&rpc, "getnewaddress", json!(["", "bech32"])).await;
+    let address = address.as_str().unwrap().to_string();
+    // "Our" block at height 102, as the tracker holds it after a submitblock.
+    generate_to(&rpc, 101, &address).await;
+    let ours = call(&rpc, "generatetoaddress", json!([1, address])).await;
+    let ours = ours[0].as_str().unwrap().to_string();
+
+    let dir = temp_dir("follow-adapter");
+    let tracker_file = dir.join("adapter.db.blocks.json");
+    let mut tracker = Tracker::new(100);
+    assert!(tracker.found(&ours, 102, 5_000_000_000));
+    std::fs::write(&tracker_file, serde_json::to_vec(&tracker).unwrap()).unwrap();
+    let outbox = Outbox::open(
+        &dir.join("adapter.db"),
+        ProxyId("follow-test".into()),
+        OutboxOptions {
+            seal_interval: Duration::ZERO,
+            ..OutboxOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let settings = DaemonSettings {
+        adapter: "follow-test".into(),
+        coin: "LTC".parse().unwrap(),
+        rules: RULES.iter().map(|r| r.to_string()).collect(),
+        payout_script: vec![0x51],
+        tag: DEFAULT_TAG.into(),
+        extranonce_size: EXTRANONCE_SIZE,
+        block_target: None,
+        refresh: Duration::from_secs(5),
+        maturity: 100,
+        tracker_file,
+    };
+    let connector = DaemonConnector::new(rpc.clone(), settings, outbox.clone());
+
+    // A session: it reports ready (the node has no peer, so it then waits for templates), and
+    // ends.
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
+    let (_commands_tx, commands) = tokio::sync::mpsc::channel(16);
+    let spec = UpstreamSpec {
+        upstream: UpstreamRef {
+            name: "follow-test".into(),
+            coin: "LTC".parse().unwrap(),
+            kind: UpstreamKind::Adapter,
+            address: node.url(),
+            authority_public_key: None,
+            username: String::new(),
+            password: Secret::new(""),
+        },
+        algorithm: Algorithm::Scrypt,
+        coin_version_mask: 0,
+        min_extranonce_size: EXTRANONCE_SIZE,
+        limits: StallLimits::default(),
+    };
+    let session = tokio::spawn(connector.run(
+        spec,
+        Emitter::new("follow-test".into(), 1, events_tx),
+        commands,
+        std::sync::Arc::new(UpstreamStats::default()),
+    ));
+    let ready = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the session reports ready")
+        .expect("an event");
+    assert!(matches!(ready.2, UpstreamEvent::Ready { .. }), "{ready:?}");
+    session.abort();
+    let _ = session.await;
+
+    // The rest of the network mines 100 blocks: ours has 101 confirmations, mature.
+    generate_to(&rpc, 202, &address).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        while outbox.seal().await.unwrap().is_some() {}
+        let matured = outbox
+            .unacknowledged(1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.records)
+            .any(|r| {
+                matches!(r, Record::Event(Event::BlockStatus { block_hash, state: BlockState::Matured, .. }) if block_hash == ours)
+            });
+        if matured {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "block {ours} was never reported mature once its session had ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -215,6 +215,15 @@ pub struct Emitter {
 }
 
 impl Emitter {
+    /// An emitter into `events`, for a connector run outside the router (its tests).
+    pub fn new(name: String, generation: u64, events: mpsc::Sender<RoutedEvent>) -> Emitter {
+        Emitter {
+            name,
+            generation,
+            events,
+        }
+    }
+
     pub async fn emit(&self, event: UpstreamEvent) {
         let _ = self
             .events
