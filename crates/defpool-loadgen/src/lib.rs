@@ -308,6 +308,10 @@ pub struct PoolOptions {
     /// lets a pool's share difficulty decide what is forwarded, as in production. `new` takes it
     /// from the environment variable [`POOL_NBITS_ENV`] (hex) when set.
     pub nbits: u32,
+    /// A block target stricter than `nbits` (difficulty, as a coin adapter's regtest
+    /// `block_target_difficulty`): a share meeting `nbits` but not this one is an ordinary
+    /// share, refused as low difficulty below the share target. `None`: `nbits` alone.
+    pub block_difficulty: Option<f64>,
 }
 
 /// Environment variable (hex `nBits`, e.g. `1d00ffff`) that [`PoolOptions::new`] takes the test
@@ -341,6 +345,7 @@ impl PoolOptions {
                 .ok()
                 .and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
                 .unwrap_or(pool::POOL_NBITS),
+            block_difficulty: None,
         }
     }
 }

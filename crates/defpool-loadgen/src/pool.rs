@@ -126,9 +126,15 @@ impl JobMaker {
             extranonce_size: opts.extranonce1_size + opts.extranonce2_size,
             share_target,
             nbits: opts.nbits,
-            block_target: CompactTarget(opts.nbits)
-                .to_target()
-                .expect("nbits checked by validate"),
+            block_target: {
+                let network = CompactTarget(opts.nbits)
+                    .to_target()
+                    .expect("nbits checked by validate");
+                match opts.block_difficulty.and_then(Target::from_difficulty) {
+                    Some(stricter) => stricter.harder(network),
+                    None => network,
+                }
+            },
             prev_hash: rng.hash(),
             rng,
             seq: 0,
@@ -318,6 +324,15 @@ fn validate(opts: &PoolOptions) -> Result<Target, LoadgenError> {
     }
     if opts.job_interval < Duration::from_millis(10) {
         return Err(LoadgenError::option("job_interval", "at least 10 ms"));
+    }
+    if opts
+        .block_difficulty
+        .is_some_and(|d| Target::from_difficulty(d).is_none())
+    {
+        return Err(LoadgenError::option(
+            "block_difficulty",
+            "must be a positive number",
+        ));
     }
     if CompactTarget(opts.nbits).to_target().is_none() {
         return Err(LoadgenError::option(

@@ -1,7 +1,9 @@
 //! Miners of every kind (SV1 with and without extranonce.subscribe, SV2 standard and extended)
 //! mine through the proxy to SV2 and SV1 pools, through two switches and one failover: nobody is
 //! disconnected and every acknowledged share is in the outbox under the coin whose job it
-//! solved (the test pools tag their coinbases; the load generator counts by tag).
+//! solved (the test pools tag their coinbases; the load generator counts by tag). And a pool
+//! that refuses the block candidates below its share target (a coin adapter on regtest) is not
+//! failed over for it.
 
 mod common;
 
@@ -150,4 +152,66 @@ async fn every_miner_kind_follows_two_switches_and_a_failover_without_disconnect
     );
     assert_eq!(appended, total);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On regtest nBits every share is a block candidate, which the proxy forwards whatever the
+/// pool's target. A pool whose own block target is stricter (the coin adapter with
+/// `block_target_difficulty`) refuses most of them as low difficulty: that must not count as
+/// the pool failing, on an SV2 or an SV1 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_block_candidates_below_the_pool_target_do_not_fail_the_pool_over() {
+    for protocol in [PoolProtocol::Sv2, PoolProtocol::Sv1] {
+        let dir = temp_dir("refused-candidates");
+        let strict = pool_with("BTC", protocol, |o| {
+            o.difficulty = 1e-3;
+            o.block_difficulty = Some(1.0);
+        })
+        .await;
+        let spare = pool("BTC", PoolProtocol::Sv1).await;
+        let ups = [
+            Up {
+                name: "strict",
+                coin: "BTC",
+                pool: &strict,
+            },
+            Up {
+                name: "spare",
+                coin: "BTC",
+                pool: &spare,
+            },
+        ];
+        let config = proxy_config(&dir, "candidates-proxy", &ups);
+        let proxy = start_proxy(&config).await;
+        let admin = proxy.started.admin;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut o = MinersOptions::new(
+            proxy.port(StratumProtocol::Sv1),
+            MinerKind::Sv1,
+            Algorithm::Sha256d,
+        );
+        o.count = 2;
+        o.password = "d=0.000001".into();
+        o.duration = Duration::from_secs(4);
+        o.target_shares_per_sec = Some(40.0);
+        let report = defpool_loadgen::run_miners(o, None).await.unwrap();
+        let status = http(admin, "GET", "/status", "").await;
+        proxy.stop();
+        let strict_report = strict.stop().await;
+        let spare_report = spare.stop().await;
+        assert!(report.shares_accepted > 50, "{protocol:?}: {report:?}");
+        assert!(
+            status.contains("\"failovers\":0"),
+            "{protocol:?}: the strict pool was failed over: {status}"
+        );
+        // The rule was exercised: far more than 15 of 20 forwarded shares were refused.
+        assert!(
+            strict_report.shares_rejected > 40,
+            "{protocol:?}: the strict pool refused too few to matter: {strict_report:?}"
+        );
+        assert_eq!(
+            spare_report.shares_accepted + spare_report.shares_rejected,
+            0,
+            "{protocol:?}: shares went to the spare pool: {spare_report:?}"
+        );
+    }
 }

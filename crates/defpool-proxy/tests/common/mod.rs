@@ -52,6 +52,15 @@ impl RunningPool {
 }
 
 pub async fn pool(tag: &str, protocol: PoolProtocol) -> RunningPool {
+    pool_with(tag, protocol, |_| {}).await
+}
+
+/// A test pool with options changed by `adjust`.
+pub async fn pool_with(
+    tag: &str,
+    protocol: PoolProtocol,
+    adjust: impl FnOnce(&mut PoolOptions),
+) -> RunningPool {
     let mut opts = PoolOptions::new(
         "127.0.0.1:0".parse().unwrap(),
         protocol,
@@ -61,6 +70,7 @@ pub async fn pool(tag: &str, protocol: PoolProtocol) -> RunningPool {
     opts.job_interval = Duration::from_millis(700);
     // Room beyond the proxy's 7 bytes, so extended channels may roll more (out of the padding).
     opts.extranonce2_size = 12;
+    adjust(&mut opts);
     let pool = TestPool::bind(opts).await.unwrap();
     let addr = pool.local_addr();
     let authority = pool.authority_public_key();
