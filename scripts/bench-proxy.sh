@@ -11,6 +11,9 @@
 #                           (BCH a warm standby) commanded by the loadgen; command -> first job
 #   stale                   500 hashing miners at 3,000 shares/s through a switch (SV1, SV2 ext.)
 #   throughput              sha256d: 2,000 miners, 20,000 shares/s, 20 s window (SV1, SV2 ext.)
+#   floor                   the throughput phase's SV1 miners straight to an SV1 test pool that
+#                           checks and answers each share at once: the machine's floor under the
+#                           throughput latency (no proxy, no outbox)
 #   scrypt                  proxy CPU per scrypt share vs. the raw scrypt rate (cargo bench)
 #   rss                     proxy VmRSS with 0, 5,000 and 10,000 idle miners, SV1 and SV2 ext.
 #   handshake               proxy CPU per connection, 5,000 connections: SV2 (Noise) minus SV1,
@@ -37,6 +40,7 @@
 #                        so that concurrent builds on the machine take less of their CPU
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
 #                        be quiet (CPU pressure "some avg10" below 20 %); 0 disables
+#   BENCH_RATE=N         shares/s offered in the throughput and floor phases (default 20000)
 #   BENCH_PERF=1         also `perf record -g` the proxy during each phase's measured window
 #                        ($BENCH_OUT/<phase>/perf.data; `perf report -i` it)
 # Not part of CI: about 10 minutes on a 2-core machine, plus the release and bench builds.
@@ -45,7 +49,7 @@ cd "$(dirname "$0")/.."
 
 OUT=${BENCH_OUT:-$(mktemp -d -t defpool-bench-proxy.XXXXXX)}
 mkdir -p "$OUT"
-PHASES=${BENCH_PHASES:-"switch-sv1 switch-sv2 stale throughput scrypt rss handshake"}
+PHASES=${BENCH_PHASES:-"switch-sv1 switch-sv2 stale throughput floor scrypt rss handshake"}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=${BENCH_BIN:-$TARGET_DIR/release/defpool}
 LOADGEN_BIN=${BENCH_LOADGEN_BIN:-$BIN}
@@ -122,14 +126,15 @@ wait_port() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-# pool NAME COIN ALGORITHM DIFFICULTY JOB_MS -> sets POOL_PORT, appends the pid to PIDS.
+# pool NAME COIN ALGORITHM DIFFICULTY JOB_MS [PROTOCOL] -> sets POOL_PORT, appends the pid to
+# PIDS. PROTOCOL is sv2 (the default) or sv1.
 pool() {
-  local name=$1 coin=$2 alg=$3 diff=$4 job_ms=$5
+  local name=$1 coin=$2 alg=$3 diff=$4 job_ms=$5 protocol=${6:-sv2}
   POOL_PORT=$(free_port)
   # nBits of difficulty 1 instead of regtest's: no share at these test difficulties is a block
   # candidate, so the pool's share difficulty alone decides what the proxy forwards.
   LOADGEN_POOL_NBITS=1d00ffff "${RUN[@]}" timeout -s TERM 900 "$LOADGEN_BIN" loadgen pool \
-    --listen "127.0.0.1:$POOL_PORT" --protocol sv2 --coin "$coin" --algorithm "$alg" --difficulty "$diff" --job-interval-ms "$job_ms" \
+    --listen "127.0.0.1:$POOL_PORT" --protocol "$protocol" --coin "$coin" --algorithm "$alg" --difficulty "$diff" --job-interval-ms "$job_ms" \
     --authority-public-key "$PUB" --authority-secret-key "$SEC" \
     >"$PHASE_DIR/pool-$name.json" 2>"$PHASE_DIR/pool-$name.log" &
   PIDS+=($!)
@@ -446,7 +451,7 @@ phase_throughput() {
   port=$SV1_PORT
   [ "$kind" != sv1 ] && { port=$SV2_PORT; extra=(--authority-public-key "$PUB"); }
   miners_bg report --url "127.0.0.1:$port" --kind "$kind" --count $n \
-    --username "$ADDRESS" --password d=0.000000001 --shares-per-sec 20000 --duration 28 \
+    --username "$ADDRESS" --password d=0.000000001 --shares-per-sec "${BENCH_RATE:-20000}" --duration 28 \
     --connect-rate 1000 $(latency_after 4) \
     "${extra[@]}"
   perf_window 6 5
@@ -466,6 +471,30 @@ phase_throughput() {
   answer_note "$h0" "$h1"
   note "  CPU in the window: $W_LOAD; proxy $(calc "$W_PROXY / $HZ * 1000000 / ($a1 - $a0)" 1) us per share"
   note "  forwarded to the pool: $(jq -r '"\(.shares_accepted) accepted, \(.shares_rejected) rejected"' "$PHASE_DIR/pool-btc.json")"
+}
+
+# The floor under the throughput phase: the same SV1 miners at the same rate, connected straight
+# to an SV1 test pool, which checks each share and answers at once (no proxy, no outbox, no
+# upstream). What this machine gives a minimal validating stratum server next to the loadgen.
+phase_floor() {
+  local n=2000 pool_pid
+  begin_phase throughput-floor
+  pool floor BTC sha256d 0.000000001 5000 sv1
+  pool_pid=${PIDS[-1]}
+  PROXY_PID=$(pgrep -P "$pool_pid" -x defpool || echo "$pool_pid")
+  miners_bg report --url "127.0.0.1:$POOL_PORT" --kind sv1 --count $n \
+    --username "$ADDRESS" --password x --shares-per-sec "${BENCH_RATE:-20000}" --duration 28 \
+    --connect-rate 1000 $(latency_after 4)
+  sleep 4
+  window_begin
+  sleep 20
+  window_end
+  wait_loadgen 60
+  stop_all
+  local r="$PHASE_DIR/report.json"
+  note "throughput floor (SV1 miners straight to an SV1 test pool): $(jq -r '"\(.miners) miners, \(.shares_accepted) accepted over \(.elapsed_secs|round) s, \(.shares_rejected) rejected \(.rejects_by_reason|tojson), \(.shares_unanswered) unanswered"' "$r")"
+  steady_latency_note "$r"
+  note "  CPU in the window: $W_LOAD (\"proxy\" is the test pool here)"
 }
 
 # latency_after S: the loadgen option for a steady-window latency (shares sent after S seconds of
@@ -594,6 +623,7 @@ for phase in $PHASES; do
     switch-sv2) phase_switch sv2-extended ;;
     stale) phase_stale sv1; phase_stale sv2-extended ;;
     throughput) phase_throughput sv1; phase_throughput sv2-extended ;;
+    floor) phase_floor ;;
     scrypt) phase_scrypt ;;
     rss) phase_rss sv1 5000; phase_rss sv1 10000; phase_rss sv2-extended 5000; phase_rss sv2-extended 10000 ;;
     handshake)
