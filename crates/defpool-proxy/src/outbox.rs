@@ -51,6 +51,7 @@ mod merge;
 
 pub use merge::{credited, merge_records};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -313,6 +314,7 @@ impl Outbox {
             proxy_id,
             max_batch_records: opts.max_batch_records.max(1),
             seal_turn: tokio::sync::Mutex::new(()),
+            unsealed: Mutex::new(UnsealedRows::default()),
         });
         let last_sequence = prepare_send(&mut conn, &ctx).await?;
 
@@ -592,6 +594,65 @@ struct Ctx {
     /// One seal prepared at a time: seals prepared side by side from one snapshot would all but
     /// one go stale, and could starve each other.
     seal_turn: tokio::sync::Mutex<()>,
+    /// The records of committed unbatched rows, as the writer had them, so that sealing does
+    /// not parse them back from JSON. Only a shortcut: a row missing here is read from the file.
+    unsealed: Mutex<UnsealedRows>,
+}
+
+impl Ctx {
+    fn unsealed(&self) -> std::sync::MutexGuard<'_, UnsealedRows> {
+        // A panic while holding it cannot leave it inconsistent in a way that matters: every
+        // entry is only a shortcut for a row in the file.
+        self.unsealed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Records held for [`UnsealedRows::take`] at most (about 10 s of shares at 20,000/s), so an
+/// outbox that is sealed rarely or never (`seal_interval` zero) does not grow without bound.
+const UNSEALED_RECORDS_HELD: usize = 200_000;
+
+/// Committed unbatched rows' records by row id. The writer adds a row's records as it writes the
+/// row and forgets rows as it seals them; a seal being prepared takes entries out, and puts back
+/// those of rows it did not reach (before it hands the seal to the writer, and seals take
+/// turns, so those rows are unchanged). An entry therefore always describes the committed row
+/// of its id; a seal that takes entries and then fails reads those rows from the file next time.
+#[derive(Debug, Default)]
+struct UnsealedRows {
+    rows: HashMap<i64, Vec<Record>>,
+    records: usize,
+}
+
+impl UnsealedRows {
+    /// Holds a row's records, unless that would exceed [`UNSEALED_RECORDS_HELD`].
+    fn hold(&mut self, id: i64, records: Vec<Record>) {
+        if let Some(old) = self.rows.remove(&id) {
+            self.records -= old.len();
+        }
+        if self.records + records.len() <= UNSEALED_RECORDS_HELD {
+            self.records += records.len();
+            self.rows.insert(id, records);
+        }
+    }
+
+    fn take(&mut self, id: i64) -> Option<Vec<Record>> {
+        let records = self.rows.remove(&id)?;
+        self.records -= records.len();
+        Some(records)
+    }
+
+    /// Forgets rows with an id up to `through` and the row `also` (sealed, or rewritten by a
+    /// seal). Ids can be reused once a table is empty, so nothing stale may stay.
+    fn forget(&mut self, through: Option<i64>, also: Option<i64>) {
+        let through = through.unwrap_or(i64::MIN);
+        let records = &mut self.records;
+        self.rows.retain(|id, r| {
+            let keep = *id > through && Some(*id) != also;
+            if !keep {
+                *records -= r.len();
+            }
+            keep
+        });
+    }
 }
 
 /// The `meta` row.
@@ -828,24 +889,36 @@ impl Writer {
         let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
         let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
         let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
-        sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
+        let id = sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
             .bind(body)
             .execute(&mut *tx)
             .await
-            .map_err(db_err(path, "inserting records"))?;
-        sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
-            .bind(appended_work.saturating_add(work).to_string())
-            .bind(to_i64(
-                path,
-                "meta.appended_shares",
-                appended_shares.saturating_add(shares),
-            )?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(path, "updating the appended counters"))?;
-        tx.commit()
-            .await
-            .map_err(db_err(path, "committing an append"))
+            .map_err(db_err(path, "inserting records"))?
+            .last_insert_rowid();
+        let appended_shares = to_i64(
+            path,
+            "meta.appended_shares",
+            appended_shares.saturating_add(shares),
+        )?;
+        // Held before the commit, so a seal that sees the row finds its records here; taken
+        // back if the commit fails.
+        self.ctx.unsealed().hold(id, records);
+        let committed = async {
+            sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
+                .bind(appended_work.saturating_add(work).to_string())
+                .bind(appended_shares)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "updating the appended counters"))?;
+            tx.commit()
+                .await
+                .map_err(db_err(path, "committing an append"))
+        }
+        .await;
+        if committed.is_err() {
+            self.ctx.unsealed().forget(None, Some(id));
+        }
+        committed
     }
 
     /// Applies a seal prepared from a snapshot, if nothing was sealed since that snapshot.
@@ -883,6 +956,7 @@ impl Writer {
                 return Ok(SealOutcome::Stale);
             }
         }
+        let partial_id = prepared.partial.as_ref().map(|(id, _)| *id);
         if let Some((id, body)) = prepared.partial {
             let updated = sqlx::query("UPDATE unbatched SET body = ? WHERE id = ?")
                 .bind(body)
@@ -903,6 +977,9 @@ impl Writer {
             tx.commit()
                 .await
                 .map_err(db_err(path, "committing a seal"))?;
+            self.ctx
+                .unsealed()
+                .forget(prepared.consumed_through, partial_id);
             return Ok(SealOutcome::Sealed(None));
         };
         let sequence = sealed.batch.sequence;
@@ -923,6 +1000,9 @@ impl Writer {
         tx.commit()
             .await
             .map_err(db_err(path, "committing a seal"))?;
+        self.ctx
+            .unsealed()
+            .forget(prepared.consumed_through, partial_id);
         self.sealed.send_replace(sequence);
         Ok(SealOutcome::Sealed(Some(sealed.batch)))
     }
@@ -1101,6 +1181,12 @@ async fn seal_with(
     })
 }
 
+/// An unbatched row's records: held by the writer, or the row's JSON read from the file.
+enum RowRecords {
+    Held(Vec<Record>),
+    Stored(String),
+}
+
 /// Merging state of a seal being prepared.
 struct SealScan {
     merger: Merger,
@@ -1110,24 +1196,32 @@ struct SealScan {
 }
 
 impl SealScan {
-    /// Feeds rows in id order until the batch is full.
-    fn feed(&mut self, rows: Vec<(i64, String)>, path: &Path) -> Result<(), OutboxError> {
-        for (id, body) in rows {
-            let records: Vec<Record> = serde_json::from_str(&body)
-                .map_err(|e| corrupt(path, "unbatched records", format!("row {id}: {e}")))?;
+    /// Feeds rows in id order until the batch is full; returns the rows it did not reach.
+    fn feed(
+        &mut self,
+        rows: Vec<(i64, RowRecords)>,
+        path: &Path,
+    ) -> Result<Vec<(i64, RowRecords)>, OutboxError> {
+        let mut rows = rows.into_iter();
+        while let Some((id, row)) = rows.next() {
+            let records = match row {
+                RowRecords::Held(records) => records,
+                RowRecords::Stored(body) => serde_json::from_str(&body)
+                    .map_err(|e| corrupt(path, "unbatched records", format!("row {id}: {e}")))?,
+            };
             let mut records = records.into_iter();
             while let Some(r) = records.next() {
                 if let Some(r) = self.merger.push(r) {
                     let mut rest = vec![r];
                     rest.extend(records);
                     self.partial = Some((id, rest));
-                    return Ok(());
+                    return Ok(rows.collect());
                 }
             }
             self.consumed_through = Some(id);
             self.consumed_rows += 1;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
@@ -1169,25 +1263,32 @@ async fn prepare_seal(
     };
     let mut after_id = 0i64;
     while scan.partial.is_none() {
-        let rows = sqlx::query("SELECT id, body FROM unbatched WHERE id > ? ORDER BY id LIMIT ?")
-            .bind(after_id)
-            .bind(SEAL_READ_CHUNK)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err(path, "reading unbatched records"))?;
-        let Some(last_row) = rows.last() else {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM unbatched WHERE id > ? ORDER BY id LIMIT ?")
+                .bind(after_id)
+                .bind(SEAL_READ_CHUNK)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err(path, "reading unbatched row ids"))?;
+        let Some(&last_id) = ids.last() else {
             break;
         };
-        after_id = get(last_row, 0, path, "unbatched row id")?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    get::<i64>(row, 0, path, "unbatched row id")?,
-                    get::<String>(row, 1, path, "unbatched row")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, OutboxError>>()?;
+        after_id = last_id;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let held = ctx.unsealed().take(id);
+            let row = match held {
+                Some(records) => RowRecords::Held(records),
+                None => RowRecords::Stored(
+                    sqlx::query_scalar("SELECT body FROM unbatched WHERE id = ?")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(path, "reading unbatched records"))?,
+                ),
+            };
+            rows.push((id, row));
+        }
         let p = path.clone();
         let (s, result) = blocking(path, move || {
             let mut scan = scan;
@@ -1196,7 +1297,12 @@ async fn prepare_seal(
         })
         .await?;
         scan = s;
-        result?;
+        // Rows past a full batch stay unbatched: their records go back for the next seal.
+        for (id, row) in result? {
+            if let RowRecords::Held(records) = row {
+                ctx.unsealed().hold(id, records);
+            }
+        }
     }
     tx.rollback()
         .await
@@ -1243,4 +1349,48 @@ async fn prepare_seal(
         }))
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use defpool_control::UserRecord;
+
+    fn users(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                Record::User(UserRecord {
+                    user: format!("u{i}"),
+                    payout_address: None,
+                    first_seen_ms: 1,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unsealed_rows_stay_within_their_bound_and_count_what_they_hold() {
+        let mut rows = UnsealedRows::default();
+        rows.hold(1, users(UNSEALED_RECORDS_HELD - 10));
+        rows.hold(2, users(11));
+        assert!(
+            rows.take(2).is_none(),
+            "past the bound a row is left to the file"
+        );
+        rows.hold(3, users(10));
+        assert_eq!(rows.records, UNSEALED_RECORDS_HELD);
+        // A row written again under the same id (ids restart once the table is empty) never
+        // keeps the old records, even when the new ones are not held.
+        rows.hold(3, users(11));
+        assert!(rows.take(3).is_none());
+        assert_eq!(rows.records, UNSEALED_RECORDS_HELD - 10);
+        rows.hold(4, users(2));
+        rows.hold(5, users(3));
+        rows.hold(7, users(4));
+        rows.forget(Some(4), Some(7));
+        assert_eq!(rows.rows.keys().copied().collect::<Vec<_>>(), [5]);
+        assert_eq!(rows.records, 3);
+        assert_eq!(rows.take(5).map(|r| r.len()), Some(3));
+        assert_eq!(rows.records, 0);
+    }
 }

@@ -308,6 +308,83 @@ async fn batches_respect_the_record_limit_and_keep_order() {
     outbox.close().await.unwrap();
 }
 
+/// The records of one batch without its creation time, for comparing two runs.
+fn contents(batches: &[Batch]) -> Vec<(u64, String)> {
+    batches
+        .iter()
+        .map(|b| (b.sequence, serde_json::to_string(&b.records).unwrap()))
+        .collect()
+}
+
+/// Appends a mix that merges (work of repeated workers) and splits (batches of at most 7): one
+/// record per commit, then commits of many.
+async fn append_mix(outbox: &Outbox, round: u128) {
+    for i in 0..12u128 {
+        let worker = format!("rig{}", i % 5);
+        outbox
+            .append(vec![work(&worker, round * 100 + i)])
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let mut records: Vec<Record> = (0..9u128)
+            .map(|w| work(&format!("big{w}"), w + i))
+            .collect();
+        records.push(user(&format!("u{round}-{i}")));
+        outbox.append(records).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sealing_the_records_the_writer_holds_equals_sealing_from_the_file() {
+    let opts = OutboxOptions {
+        max_batch_records: 7,
+        ..manual()
+    };
+    // The same appends and seals twice: once sealed by the same handle (the writer's records),
+    // once after a reopen (every row read from the file).
+    let held_db = TempDb::new("held");
+    let held = Outbox::open(&held_db.path(), proxy(), opts.clone())
+        .await
+        .unwrap();
+    let read_db = TempDb::new("read");
+    let mut read = Outbox::open(&read_db.path(), proxy(), opts.clone())
+        .await
+        .unwrap();
+    let (mut from_held, mut from_file) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        append_mix(&held, round).await;
+        append_mix(&read, round).await;
+        read.close().await.unwrap();
+        read = Outbox::open(&read_db.path(), proxy(), opts.clone())
+            .await
+            .unwrap();
+        // One seal first (it stops inside a row: the rest of the row and the rows after it
+        // stay for the next), then everything; the table empties, so row ids start again.
+        from_held.extend(held.seal().await.unwrap());
+        from_file.extend(read.seal().await.unwrap());
+        from_held.extend(seal_all(&held).await);
+        from_file.extend(seal_all(&read).await);
+    }
+    assert!(
+        from_held.len() > 6,
+        "the limit splits the records into many batches"
+    );
+    assert_eq!(contents(&from_held), contents(&from_file));
+    let (a, b) = (held.totals().await.unwrap(), read.totals().await.unwrap());
+    assert_eq!((a.unbatched_rows, a.appended_work), (0, b.appended_work));
+    let sealed: u128 = from_held
+        .iter()
+        .map(|b| defpool_proxy::outbox::credited(&b.records).0)
+        .sum();
+    assert_eq!(
+        sealed, a.appended_work,
+        "every appended unit of work sealed once"
+    );
+    held.close().await.unwrap();
+    read.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_seals_never_seal_a_record_twice() {
     let db = TempDb::new("race");
