@@ -119,7 +119,9 @@ pub struct OutboxOptions {
     /// How often the background task seals unbatched records into batches. Zero disables the
     /// task (seal with [`Outbox::seal`]).
     pub seal_interval: Duration,
-    /// At most this many records (after merging) per batch.
+    /// At most this many records (after merging) per batch. Above the number of workers
+    /// active in a seal interval, so that a worker's records of that interval merge into one
+    /// (with fewer, a batch is full before they meet, and the server gets a record per share).
     pub max_batch_records: usize,
     /// `synchronous=FULL`: fsync the WAL on every commit, so acknowledged shares survive power
     /// loss too. Off by default: `synchronous=NORMAL` survives a process kill, which is the
@@ -133,7 +135,7 @@ impl Default for OutboxOptions {
             commit_interval: Duration::from_millis(2),
             max_pending_records: 4096,
             seal_interval: Duration::from_secs(1),
-            max_batch_records: 1000,
+            max_batch_records: 10_000,
             fsync_each_commit: false,
         }
     }

@@ -385,6 +385,31 @@ async fn sealing_the_records_the_writer_holds_equals_sealing_from_the_file() {
     read.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn by_default_a_seal_merges_each_of_thousands_of_workers_into_one_record() {
+    let db = TempDb::new("merge");
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    // Ten shares from each of 2,000 workers, interleaved as they arrive: 200 commits of 100.
+    for c in 0..200u128 {
+        let records = (0..100u128)
+            .map(|i| work(&format!("rig{}", (c * 100 + i) % 2_000), 1))
+            .collect();
+        outbox.append(records).await.unwrap();
+    }
+    let batches = seal_all(&outbox).await;
+    assert_eq!(
+        batches.len(),
+        1,
+        "a batch holds every worker of the interval"
+    );
+    assert_eq!(batches[0].records.len(), 2_000, "one record per worker");
+    assert!(batches[0]
+        .records
+        .iter()
+        .all(|r| matches!(r, Record::Work(w) if w.accepted_work == 10 && w.accepted_shares == 10)));
+    outbox.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_seals_never_seal_a_record_twice() {
     let db = TempDb::new("race");
