@@ -136,6 +136,7 @@ pub async fn run(
         registry: Arc::new(v.registry.clone()),
         outbox_path,
         outbox: Some(outbox),
+        outbox_commit_interval: OutboxOptions::default().commit_interval,
         record_work: false,
         close_without_work: true,
         sv2_keys: Some(Arc::new(keys)),

@@ -288,6 +288,11 @@ pub struct ProxyConfig {
     /// The durable share outbox (SQLite, WAL).
     #[serde(default = "default_outbox_path")]
     pub outbox_path: PathBuf,
+    /// Milliseconds the outbox gathers accepted shares after the first before committing them
+    /// together; a share is answered once committed. 0 commits whatever is waiting at once:
+    /// answers in about 1 ms instead of about 3, for more proxy CPU per share under load.
+    #[serde(default = "default_outbox_commit_interval_ms")]
+    pub outbox_commit_interval_ms: u32,
     /// Noise authority key pair for SV2 ports (base58check, as the SRI tools print them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_public_key: Option<String>,
@@ -326,6 +331,9 @@ fn default_reject_streak() -> u32 {
 
 fn default_group() -> String {
     "default".into()
+}
+fn default_outbox_commit_interval_ms() -> u32 {
+    2
 }
 fn default_outbox_path() -> PathBuf {
     "defpool-outbox.db".into()

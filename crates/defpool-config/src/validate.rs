@@ -363,6 +363,13 @@ fn check_proxy(p: &ProxyConfig, with_server: bool) -> Result<()> {
     }
     require_secret("proxy.admin_token", &p.admin_token, 16)?;
     in_range("proxy.grace_secs", p.grace_secs, 0, 300)?;
+    // Every accepted share waits up to this long for its answer.
+    in_range(
+        "proxy.outbox_commit_interval_ms",
+        p.outbox_commit_interval_ms,
+        0,
+        50,
+    )?;
     in_range(
         "proxy.upstream_stall_job_secs",
         p.upstream_stall_job_secs,

@@ -2,19 +2,25 @@
 //!
 //! A share is acknowledged to the miner only once the record of it is committed here. The server
 //! later receives the records in [`Batch`]es keyed `(proxy_id, sequence)` and acknowledges each
-//! sequence; only then does the proxy delete the batch. Nothing is ever sealed twice: moving
-//! records from the unbatched table into a batch is one transaction.
+//! sequence; only then does the proxy delete the batch. Nothing is ever sealed twice: inserting
+//! the batch and marking its rows sealed is one transaction.
 //!
 //! # Storage
 //!
 //! One SQLite file in WAL mode with three tables:
 //!
 //! * `meta` — one row: the owning proxy id, the last sealed and the last acknowledged sequence,
-//!   and persisted counters of credited work (decimal `u128` as TEXT) and shares ever appended
-//!   and ever acknowledged;
-//! * `unbatched(id, body)` — one row per group commit: the (merged) records as JSON;
+//!   the credited work (decimal `u128` as TEXT) and shares ever acknowledged, and
+//!   `sealed_through`: unbatched rows up to that id are sealed and only await deletion;
+//! * `unbatched(id, body, work, shares)` — one row per group commit: the (merged) records as
+//!   JSON and their credited work and shares. Ids are the writer's and only grow;
 //! * `batches(sequence, body, work, shares)` — sealed batches as JSON of [`Batch`], awaiting
 //!   acknowledgement.
+//!
+//! What was ever appended is the acknowledged counters plus the batches plus the unsealed rows,
+//! summed on read ([`Outbox::totals`]): an append then writes one row and nothing else.
+//! Schema 1 (a counter of appended work in `meta`, sealed rows deleted inside the seal) is
+//! migrated on open.
 //!
 //! # Durability
 //!
@@ -30,19 +36,22 @@
 //! One writer task owns the write connection. It takes the first append, gathers further appends
 //! arriving within [`OutboxOptions::commit_interval`] (or until
 //! [`OutboxOptions::max_pending_records`] records are pending), merges their records (see
-//! [`merge_records`]), writes them as one row in one transaction, commits, and only then answers
-//! every waiting append. Sealing and acknowledgements go through the same task, so every write
+//! [`merge_records`]), writes them as one row with a single INSERT (its own transaction: one trip
+//! to the connection's thread), and only then answers every waiting append. Sealing and acknowledgements go through the same task, so every write
 //! is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
 //! pool of read connections and see committed snapshots.
 //!
 //! Sealing reads, parses and merges the unbatched rows from a read snapshot, the parsing on a
 //! blocking thread, and hands the writer only a short transaction to apply; the writer applies
 //! it only if no other seal came in between. A second of shares at 20,000/s is ~5 MB of JSON:
-//! parsing it inside the writer would stall every append for tens of milliseconds.
+//! parsing it inside the writer would stall every append for tens of milliseconds. The seal
+//! marks its rows sealed; the sealing timer then has the writer delete them 64 at a time, with
+//! appends committing in between, and runs a passive WAL checkpoint from a read connection.
 //!
-//! Every write transaction is `BEGIN IMMEDIATE` and reads the counters it updates from `meta`
+//! Seals and acknowledgements are `BEGIN IMMEDIATE` and read the state they change from `meta`
 //! inside the transaction, so even two processes opening the same file by mistake cannot
-//! corrupt sequences or counters (they would merely contend for the write lock).
+//! corrupt sequences or counters: they contend for the write lock, and an append of one that
+//! collides with the other's row id fails (its shares are not acknowledged).
 //!
 //! An `append` whose future is dropped after it was queued may still be committed: its shares
 //! are then counted although the miner was not answered, never the other way round.
@@ -70,7 +79,7 @@ use tokio::time::Instant;
 use merge::Merger;
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,14 +99,15 @@ CREATE TABLE IF NOT EXISTS meta (
     proxy_id TEXT NOT NULL,
     last_sequence INTEGER NOT NULL DEFAULT 0,
     acknowledged_sequence INTEGER NOT NULL DEFAULT 0,
-    appended_work TEXT NOT NULL DEFAULT '0',
-    appended_shares INTEGER NOT NULL DEFAULT 0,
     acknowledged_work TEXT NOT NULL DEFAULT '0',
-    acknowledged_shares INTEGER NOT NULL DEFAULT 0
+    acknowledged_shares INTEGER NOT NULL DEFAULT 0,
+    sealed_through INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS unbatched (
     id INTEGER PRIMARY KEY,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    work TEXT NOT NULL DEFAULT '0',
+    shares INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS batches (
     sequence INTEGER PRIMARY KEY,
@@ -105,8 +115,27 @@ CREATE TABLE IF NOT EXISTS batches (
     work TEXT NOT NULL,
     shares INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
+
+/// From schema 1, which deleted sealed rows in the seal's transaction.
+/// The rows' `work` and `shares` are filled in by [`migrate_1_to_2`].
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE meta ADD COLUMN sealed_through INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE unbatched ADD COLUMN work TEXT NOT NULL DEFAULT '0';
+ALTER TABLE unbatched ADD COLUMN shares INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 2;
+";
+
+/// Pages the WAL may hold before the writer checkpoints it inside a commit. The sealing timer's
+/// passive checkpoint, from a read connection and concurrent with commits, normally keeps the
+/// WAL far below this; the writer's own checkpoint (SQLite's default is at 1,000 pages, several
+/// times a second at 20,000 shares/s) stalled every append waiting on that commit.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
+/// Sealed rows deleted per prune transaction: a few at a time, between appends, instead of
+/// all of a second's rows inside the seal (which stalled appends for milliseconds).
+const PRUNE_CHUNK: i64 = 64;
 
 /// Tuning of an [`Outbox`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,6 +304,9 @@ enum Command {
         sequence: u64,
         done: Reply<()>,
     },
+    Prune {
+        done: Reply<u64>,
+    },
     Close {
         done: Reply<()>,
     },
@@ -301,7 +333,8 @@ impl Outbox {
             })
             .busy_timeout(BUSY_TIMEOUT)
             // After a checkpoint resets it, the WAL file is cut back to this size.
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
         let open_err = |e: sqlx::Error| OutboxError::Open {
             path: path.clone(),
             source: Arc::new(e),
@@ -318,7 +351,10 @@ impl Outbox {
             seal_turn: tokio::sync::Mutex::new(()),
             unsealed: Mutex::new(UnsealedRows::default()),
         });
-        let last_sequence = prepare_send(&mut conn, &ctx).await?;
+        let FileState {
+            last_sequence,
+            next_id,
+        } = prepare_send(&mut conn, &ctx).await?;
 
         let reader = SqlitePoolOptions::new()
             .min_connections(0)
@@ -337,6 +373,7 @@ impl Outbox {
             sealed: sealed_tx,
             commit_interval: opts.commit_interval,
             max_pending_records: opts.max_pending_records.max(1),
+            next_id,
         };
         tokio::spawn(writer.run(rx));
 
@@ -388,7 +425,9 @@ impl Outbox {
     /// applies the result in a short transaction, provided no other seal came in between
     /// (otherwise the preparation is repeated).
     pub async fn seal(&self) -> Result<Option<Batch>, OutboxError> {
-        seal_with(&self.inner.reader, &self.inner.ctx, &self.inner.commands).await
+        let batch = seal_with(&self.inner.reader, &self.inner.ctx, &self.inner.commands).await?;
+        prune(&self.inner.commands, &self.inner.ctx.path).await?;
+        Ok(batch)
     }
 
     /// Sealed batches not yet acknowledged, in sequence order, at most `limit`.
@@ -443,45 +482,42 @@ impl Outbox {
             .await
             .map_err(self.db("beginning a read"))?;
         let meta = read_meta(&mut tx, path).await?;
-        let unbatched: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM unbatched")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.db("counting unbatched rows"))?;
-        let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batches")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.db("counting batches"))?;
-        tx.commit().await.map_err(self.db("ending a read"))?;
-        let inconsistent = |what, a: u128, b: u128| {
-            corrupt(path, what, format!("acknowledged {b} exceeds appended {a}"))
+        // What is held: the sealed batches not yet acknowledged and the unsealed rows.
+        let held = |rows: Vec<sqlx::sqlite::SqliteRow>, what: &'static str| {
+            let (mut work, mut shares) = (0u128, 0u64);
+            for row in &rows {
+                let w: String = get(row, 0, path, what)?;
+                work = work.saturating_add(parse_work(path, what, &w)?);
+                let n: i64 = get(row, 1, path, what)?;
+                shares = shares.saturating_add(to_u64(path, what, n)?);
+            }
+            Ok::<_, OutboxError>((count(rows.len() as i64), work, shares))
         };
-        let held_work = meta
-            .appended_work
-            .checked_sub(meta.acknowledged_work)
-            .ok_or_else(|| {
-                inconsistent("work counters", meta.appended_work, meta.acknowledged_work)
-            })?;
-        let held_shares = meta
-            .appended_shares
-            .checked_sub(meta.acknowledged_shares)
-            .ok_or_else(|| {
-                inconsistent(
-                    "share counters",
-                    meta.appended_shares.into(),
-                    meta.acknowledged_shares.into(),
-                )
-            })?;
+        let rows = sqlx::query("SELECT work, shares FROM unbatched WHERE id > ?")
+            .bind(meta.sealed_through)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(self.db("reading unbatched rows"))?;
+        let (unbatched, unbatched_work, unbatched_shares) = held(rows, "unbatched row")?;
+        let rows = sqlx::query("SELECT work, shares FROM batches")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(self.db("reading batches"))?;
+        let (batches, batch_work, batch_shares) = held(rows, "batch row")?;
+        tx.commit().await.map_err(self.db("ending a read"))?;
+        let held_work = unbatched_work.saturating_add(batch_work);
+        let held_shares = unbatched_shares.saturating_add(batch_shares);
         Ok(OutboxTotals {
             held_work,
             held_shares,
-            appended_work: meta.appended_work,
-            appended_shares: meta.appended_shares,
+            appended_work: meta.acknowledged_work.saturating_add(held_work),
+            appended_shares: meta.acknowledged_shares.saturating_add(held_shares),
             acknowledged_work: meta.acknowledged_work,
             acknowledged_shares: meta.acknowledged_shares,
             last_sequence: meta.last_sequence,
             acknowledged_sequence: meta.acknowledged_sequence,
-            unacknowledged_batches: count(batches),
-            unbatched_rows: count(unbatched),
+            unacknowledged_batches: batches,
+            unbatched_rows: unbatched,
             commits: self.inner.stats.commits.load(Ordering::Relaxed),
             appends: self.inner.stats.appends.load(Ordering::Relaxed),
         })
@@ -662,16 +698,16 @@ impl UnsealedRows {
 struct Meta {
     last_sequence: u64,
     acknowledged_sequence: u64,
-    appended_work: u128,
-    appended_shares: u64,
     acknowledged_work: u128,
     acknowledged_shares: u64,
+    /// Unbatched rows with an id up to this one are sealed, awaiting deletion.
+    sealed_through: i64,
 }
 
 async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, OutboxError> {
     let row = sqlx::query(
-        "SELECT last_sequence, acknowledged_sequence, appended_work, appended_shares, \
-         acknowledged_work, acknowledged_shares FROM meta WHERE id = 1",
+        "SELECT last_sequence, acknowledged_sequence, acknowledged_work, acknowledged_shares, \
+         sealed_through FROM meta WHERE id = 1",
     )
     .fetch_one(&mut *conn)
     .await
@@ -685,26 +721,60 @@ async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, Out
     Ok(Meta {
         last_sequence: int(0, "meta.last_sequence")?,
         acknowledged_sequence: int(1, "meta.acknowledged_sequence")?,
-        appended_work: work(2, "meta.appended_work")?,
-        appended_shares: int(3, "meta.appended_shares")?,
-        acknowledged_work: work(4, "meta.acknowledged_work")?,
-        acknowledged_shares: int(5, "meta.acknowledged_shares")?,
+        acknowledged_work: work(2, "meta.acknowledged_work")?,
+        acknowledged_shares: int(3, "meta.acknowledged_shares")?,
+        sealed_through: get(&row, 4, path, "meta.sealed_through")?,
     })
 }
 
-/// Creates the schema if the file is new, checks its version and owner. Returns the last
-/// sealed sequence.
+/// Schema 2 keeps each unbatched row's credited work and shares beside it, so that an append is
+/// one INSERT (no counter row rewritten per commit); the appended totals are summed on read.
+async fn migrate_1_to_2(conn: &mut SqliteConnection, path: &Path) -> Result<(), OutboxError> {
+    sqlx::Executor::execute(&mut *conn, MIGRATE_1_TO_2)
+        .await
+        .map_err(db_err(path, "migrating the schema from version 1"))?;
+    let rows = sqlx::query("SELECT id, body FROM unbatched")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(path, "reading unbatched rows to migrate"))?;
+    for row in &rows {
+        let id: i64 = get(row, 0, path, "unbatched.id")?;
+        let body: String = get(row, 1, path, "unbatched.body")?;
+        let records: Vec<Record> = serde_json::from_str(&body)
+            .map_err(|e| corrupt(path, "unbatched records", format!("row {id}: {e}")))?;
+        let (work, shares) = credited(&records);
+        sqlx::query("UPDATE unbatched SET work = ?, shares = ? WHERE id = ?")
+            .bind(work.to_string())
+            .bind(to_i64(path, "unbatched.shares", shares)?)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err(path, "migrating an unbatched row"))?;
+    }
+    Ok(())
+}
+
+/// Creates the schema if the file is new (or migrates an older one), checks its version and
+/// owner. Returns the last sealed sequence and the id for the next unbatched row.
 /// [`prepare`] as a boxed `Send` future: checked with concrete lifetimes, which keeps
 /// `Outbox::open` usable inside `tokio::spawn` (sqlx's executor bounds are otherwise not
 /// provably `Send` for every lifetime).
 fn prepare_send<'a>(
     conn: &'a mut SqliteConnection,
     ctx: &'a Ctx,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, OutboxError>> + Send + 'a>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<FileState, OutboxError>> + Send + 'a>>
+{
     Box::pin(prepare(conn, ctx))
 }
 
-async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxError> {
+/// What the writer starts from.
+struct FileState {
+    last_sequence: u64,
+    /// The id for the next unbatched row.
+    next_id: i64,
+}
+
+async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<FileState, OutboxError> {
     let path = &ctx.path;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
@@ -739,6 +809,7 @@ async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxEr
                 .await
                 .map_err(db_err(path, "writing the meta row"))?;
         }
+        1 => migrate_1_to_2(&mut tx, path).await?,
         SCHEMA_VERSION => {}
         found => {
             return Err(OutboxError::UnsupportedSchema {
@@ -760,10 +831,20 @@ async fn prepare(conn: &mut SqliteConnection, ctx: &Ctx) -> Result<u64, OutboxEr
         });
     }
     let meta = read_meta(&mut tx, path).await?;
+    let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM unbatched")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err(path, "reading the last unbatched row"))?;
     tx.commit()
         .await
         .map_err(db_err(path, "committing the schema"))?;
-    Ok(meta.last_sequence)
+    // Ids are the writer's, never SQLite's: once every row is pruned SQLite would reuse ids at
+    // or below `sealed_through`, and such a row would count as sealed.
+    let next_id = max_id.unwrap_or(0).max(meta.sealed_through) + 1;
+    Ok(FileState {
+        last_sequence: meta.last_sequence,
+        next_id,
+    })
 }
 
 /// Owns the write connection; every write goes through [`Writer::run`].
@@ -774,6 +855,8 @@ struct Writer {
     sealed: watch::Sender<u64>,
     commit_interval: Duration,
     max_pending_records: usize,
+    /// The id of the next unbatched row; ids only grow.
+    next_id: i64,
 }
 
 impl Writer {
@@ -798,6 +881,9 @@ impl Writer {
                 }
                 Command::Acknowledge { sequence, done } => {
                     let _ = done.send(self.acknowledge(sequence).await);
+                }
+                Command::Prune { done } => {
+                    let _ = done.send(self.prune().await);
                 }
                 Command::Close { done } => {
                     let _ = done.send(self.close().await);
@@ -870,7 +956,8 @@ impl Writer {
         }
     }
 
-    /// One transaction: one row of records, the appended counters.
+    /// One statement, so one transaction and one trip to the connection's thread: the row of
+    /// records with its credited work and shares.
     async fn write_append(&mut self, records: Vec<Record>) -> Result<(), OutboxError> {
         let path = &self.ctx.path;
         let (work, shares) = credited(&records);
@@ -878,45 +965,22 @@ impl Writer {
             path: path.clone(),
             source: Arc::new(e),
         })?;
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err(path, "beginning an append"))?;
-        let row = sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err(path, "reading the appended counters"))?;
-        let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
-        let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
-        let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
-        let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
-        let id = sqlx::query("INSERT INTO unbatched (body) VALUES (?)")
-            .bind(body)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(path, "inserting records"))?
-            .last_insert_rowid();
-        let appended_shares = to_i64(
-            path,
-            "meta.appended_shares",
-            appended_shares.saturating_add(shares),
-        )?;
+        let shares = to_i64(path, "unbatched.shares", shares)?;
+        let id = self.next_id;
+        self.next_id += 1;
         // Held before the commit, so a seal that sees the row finds its records here; taken
         // back if the commit fails.
         self.ctx.unsealed().hold(id, records);
-        let committed = async {
-            sqlx::query("UPDATE meta SET appended_work = ?, appended_shares = ? WHERE id = 1")
-                .bind(appended_work.saturating_add(work).to_string())
-                .bind(appended_shares)
-                .execute(&mut *tx)
+        let committed =
+            sqlx::query("INSERT INTO unbatched (id, body, work, shares) VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(body)
+                .bind(work.to_string())
+                .bind(shares)
+                .execute(&mut self.conn)
                 .await
-                .map_err(db_err(path, "updating the appended counters"))?;
-            tx.commit()
-                .await
-                .map_err(db_err(path, "committing an append"))
-        }
-        .await;
+                .map(|_| ())
+                .map_err(db_err(path, "committing an append"));
         if committed.is_err() {
             self.ctx.unsealed().forget(None, Some(id));
         }
@@ -931,42 +995,58 @@ impl Writer {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(path, "beginning a seal"))?;
-        let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM meta WHERE id = 1")
+        let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err(path, "reading the last sequence"))?;
-        if to_u64(path, "meta.last_sequence", last)? != prepared.last_sequence {
+        let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
+        let sealed_through: i64 = get(&row, 1, path, "meta.sealed_through")?;
+        if to_u64(path, "meta.last_sequence", last)? != prepared.last_sequence
+            || sealed_through != prepared.sealed_through
+        {
             tx.rollback()
                 .await
                 .map_err(db_err(path, "ending a stale seal"))?;
             return Ok(SealOutcome::Stale);
         }
-        // Only a seal deletes or rewrites unbatched rows, and none happened since the snapshot
+        // Only a seal marks or rewrites unbatched rows, and none happened since the snapshot
         // (the sequence is unchanged), so these rows are exactly the ones prepared. Checked
-        // anyway: a mismatch means "prepare again", never a double seal.
+        // anyway: a mismatch means "prepare again", never a double seal. The rows are only
+        // marked sealed here; `prune` deletes them later, a few at a time.
+        let new_sealed_through = prepared.consumed_through.unwrap_or(sealed_through);
         if let Some(through) = prepared.consumed_through {
-            let deleted = sqlx::query("DELETE FROM unbatched WHERE id <= ?")
-                .bind(through)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err(path, "removing sealed records"))?
-                .rows_affected();
-            if deleted != prepared.consumed_rows {
+            let rows: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM unbatched WHERE id > ? AND id <= ?")
+                    .bind(sealed_through)
+                    .bind(through)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err(path, "counting the rows to seal"))?;
+            if count(rows) != prepared.consumed_rows {
                 tx.rollback()
                     .await
                     .map_err(db_err(path, "ending a stale seal"))?;
                 return Ok(SealOutcome::Stale);
             }
         }
-        let partial_id = prepared.partial.as_ref().map(|(id, _)| *id);
-        if let Some((id, body)) = prepared.partial {
-            let updated = sqlx::query("UPDATE unbatched SET body = ? WHERE id = ?")
-                .bind(body)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err(path, "keeping the records left over"))?
-                .rows_affected();
+        let partial_id = prepared.partial.as_ref().map(|p| p.id);
+        if let Some(PartialRow {
+            id,
+            body,
+            work,
+            shares,
+        }) = prepared.partial
+        {
+            let updated =
+                sqlx::query("UPDATE unbatched SET body = ?, work = ?, shares = ? WHERE id = ?")
+                    .bind(body)
+                    .bind(work.to_string())
+                    .bind(to_i64(path, "unbatched.shares", shares)?)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(path, "keeping the records left over"))?
+                    .rows_affected();
             if updated != 1 {
                 tx.rollback()
                     .await
@@ -975,7 +1055,12 @@ impl Writer {
             }
         }
         let Some(sealed) = prepared.batch else {
-            // Only empty rows were found (never written by this build); they are gone now.
+            // Only empty rows were found (never written by this build); they are sealed now.
+            sqlx::query("UPDATE meta SET sealed_through = ? WHERE id = 1")
+                .bind(new_sealed_through)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(path, "marking rows sealed"))?;
             tx.commit()
                 .await
                 .map_err(db_err(path, "committing a seal"))?;
@@ -994,8 +1079,9 @@ impl Writer {
             .execute(&mut *tx)
             .await
             .map_err(db_err(path, "inserting a batch"))?;
-        sqlx::query("UPDATE meta SET last_sequence = ? WHERE id = 1")
+        sqlx::query("UPDATE meta SET last_sequence = ?, sealed_through = ? WHERE id = 1")
             .bind(seq_i64)
+            .bind(new_sealed_through)
             .execute(&mut *tx)
             .await
             .map_err(db_err(path, "advancing the sequence"))?;
@@ -1007,6 +1093,22 @@ impl Writer {
             .forget(prepared.consumed_through, partial_id);
         self.sealed.send_replace(sequence);
         Ok(SealOutcome::Sealed(Some(sealed.batch)))
+    }
+
+    /// Deletes up to [`PRUNE_CHUNK`] sealed rows, oldest first, in one statement (its own
+    /// transaction). Returns how many went.
+    async fn prune(&mut self) -> Result<u64, OutboxError> {
+        let path = &self.ctx.path;
+        let deleted = sqlx::query(
+            "DELETE FROM unbatched WHERE id IN (SELECT id FROM unbatched \
+             WHERE id <= (SELECT sealed_through FROM meta WHERE id = 1) ORDER BY id LIMIT ?)",
+        )
+        .bind(PRUNE_CHUNK)
+        .execute(&mut self.conn)
+        .await
+        .map_err(db_err(path, "deleting sealed rows"))?
+        .rows_affected();
+        Ok(deleted)
     }
 
     async fn acknowledge(&mut self, sequence: u64) -> Result<(), OutboxError> {
@@ -1114,6 +1216,18 @@ async fn run_sealer(
                 }
             }
         }
+        let Some(sender) = commands.upgrade() else {
+            return;
+        };
+        let pruned = prune(&sender, &ctx.path).await;
+        drop(sender);
+        match pruned {
+            Ok(()) => {}
+            Err(OutboxError::Closed { .. }) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning sealed outbox rows failed; retrying next tick")
+            }
+        }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&reader)
             .await
@@ -1127,6 +1241,17 @@ async fn run_sealer(
     }
 }
 
+/// Deletes every sealed row, [`PRUNE_CHUNK`] per writer command: appends queued meanwhile
+/// commit between the chunks.
+async fn prune(commands: &mpsc::Sender<Command>, path: &Path) -> Result<(), OutboxError> {
+    loop {
+        let deleted = send_command(commands, path, |done| Command::Prune { done }).await?;
+        if deleted < PRUNE_CHUNK as u64 {
+            return Ok(());
+        }
+    }
+}
+
 /// How often a seal is prepared again after losing the race to another seal.
 const SEAL_ATTEMPTS: u32 = 16;
 
@@ -1135,13 +1260,24 @@ const SEAL_ATTEMPTS: u32 = 16;
 struct PreparedSeal {
     /// The last sequence in the snapshot; the seal applies only if it is still the last.
     last_sequence: u64,
+    /// Rows up to this id were sealed before the snapshot.
+    sealed_through: i64,
     /// Rows with an id up to this one went into the batch entirely…
     consumed_through: Option<i64>,
     /// …and there were this many of them.
     consumed_rows: u64,
-    /// A row only partly taken: its id and the JSON of the records left over.
-    partial: Option<(i64, String)>,
+    /// A row only partly taken, as it is to be rewritten.
+    partial: Option<PartialRow>,
     batch: Option<SealedBatch>,
+}
+
+/// The records left over in a row a seal took only partly: the row's new contents.
+#[derive(Debug)]
+struct PartialRow {
+    id: i64,
+    body: String,
+    work: u128,
+    shares: u64,
 }
 
 #[derive(Debug)]
@@ -1252,18 +1388,20 @@ async fn prepare_seal(
         .begin()
         .await
         .map_err(db_err(path, "beginning a seal read"))?;
-    let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM meta WHERE id = 1")
+    let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err(path, "reading the last sequence"))?;
+    let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
     let last_sequence = to_u64(path, "meta.last_sequence", last)?;
+    let sealed_through: i64 = get(&row, 1, path, "meta.sealed_through")?;
     let mut scan = SealScan {
         merger: Merger::with_limit(ctx.max_batch_records),
         consumed_through: None,
         consumed_rows: 0,
         partial: None,
     };
-    let mut after_id = 0i64;
+    let mut after_id = sealed_through;
     while scan.partial.is_none() {
         let ids: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM unbatched WHERE id > ? ORDER BY id LIMIT ?")
@@ -1321,7 +1459,15 @@ async fn prepare_seal(
             source: Arc::new(e),
         };
         let partial = match scan.partial {
-            Some((id, rest)) => Some((id, serde_json::to_string(&rest).map_err(encode)?)),
+            Some((id, rest)) => {
+                let (work, shares) = credited(&rest);
+                Some(PartialRow {
+                    id,
+                    body: serde_json::to_string(&rest).map_err(encode)?,
+                    work,
+                    shares,
+                })
+            }
             None => None,
         };
         let batch = if scan.merger.is_empty() {
@@ -1344,6 +1490,7 @@ async fn prepare_seal(
         };
         Ok(Some(PreparedSeal {
             last_sequence,
+            sealed_through,
             consumed_through: scan.consumed_through,
             consumed_rows: scan.consumed_rows,
             partial,

@@ -140,6 +140,7 @@ pub async fn run(
         registry: Arc::new(v.registry.clone()),
         outbox_path: cfg.outbox_path.clone(),
         outbox: None,
+        outbox_commit_interval: Duration::from_millis(cfg.outbox_commit_interval_ms.into()),
         record_work: true,
         close_without_work: false,
         sv2_keys,
@@ -228,6 +229,8 @@ pub struct GatewaySpec {
     pub outbox_path: PathBuf,
     /// An outbox already opened on `outbox_path` (the adapter shares it with its daemon task).
     pub outbox: Option<Outbox>,
+    /// The group commit window of an outbox opened here (not of `outbox`).
+    pub outbox_commit_interval: Duration,
     /// Write accepted work to the outbox (the proxy); an adapter only reports block events.
     pub record_work: bool,
     /// See `Context::close_without_work`.
@@ -259,7 +262,10 @@ pub async fn serve(
             Outbox::open(
                 &spec.outbox_path,
                 ProxyId(spec.id.clone()),
-                OutboxOptions::default(),
+                OutboxOptions {
+                    commit_interval: spec.outbox_commit_interval,
+                    ..OutboxOptions::default()
+                },
             )
             .await?
         }

@@ -789,3 +789,126 @@ async fn paced() {
     );
     outbox.close().await.unwrap();
 }
+
+/// Runs `sql` on the outbox file through a connection of its own (what another tool, or an
+/// older build, would see).
+async fn on_file(path: &std::path::Path, sql: &str) -> Vec<sqlx::sqlite::SqliteRow> {
+    use sqlx::{ConnectOptions, Executor};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    let rows = conn.fetch_all(sql).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    rows
+}
+
+fn int(rows: &[sqlx::sqlite::SqliteRow]) -> i64 {
+    sqlx::Row::get(&rows[0], 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_rows_are_deleted_and_their_ids_never_come_back() {
+    let db = TempDb::new("prune");
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    for w in ["rig1", "rig2", "rig3"] {
+        outbox.append(vec![work(w, 10)]).await.unwrap();
+    }
+    assert_eq!(seal_all(&outbox).await.len(), 1);
+    outbox.close().await.unwrap();
+    // The seal marked three rows sealed; pruning then deleted them: the table is empty, so
+    // SQLite alone would hand out id 1 again, at or below the sealed mark.
+    assert_eq!(
+        int(&on_file(&db.path(), "SELECT COUNT(*) FROM unbatched").await),
+        0
+    );
+    assert_eq!(
+        int(&on_file(&db.path(), "SELECT sealed_through FROM meta").await),
+        3
+    );
+
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    outbox.append(vec![work("rig4", 7)]).await.unwrap();
+    let t = outbox.totals().await.unwrap();
+    assert_eq!(
+        (t.unbatched_rows, t.held_work, t.appended_work),
+        (1, 37, 37),
+        "a row appended after every sealed row was pruned counts as unsealed"
+    );
+    let batches = seal_all(&outbox).await;
+    assert_eq!(sequences(&batches), [2]);
+    assert_eq!(batches[0].accepted_work(), 7);
+    outbox.close().await.unwrap();
+}
+
+/// A file written by schema 1 (sealing deleted rows; counters of appended work in `meta`).
+const SCHEMA_1: &str = "
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    proxy_id TEXT NOT NULL,
+    last_sequence INTEGER NOT NULL DEFAULT 0,
+    acknowledged_sequence INTEGER NOT NULL DEFAULT 0,
+    appended_work TEXT NOT NULL DEFAULT '0',
+    appended_shares INTEGER NOT NULL DEFAULT 0,
+    acknowledged_work TEXT NOT NULL DEFAULT '0',
+    acknowledged_shares INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE unbatched (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE batches (
+    sequence INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    work TEXT NOT NULL,
+    shares INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_file_is_migrated_with_its_records_and_counters() {
+    let db = TempDb::new("migrate");
+    let batch = Batch {
+        proxy_id: proxy(),
+        sequence: 2,
+        created_at_ms: 5,
+        records: vec![work("rig0", 50)],
+    };
+    let row = |r: Vec<Record>| serde_json::to_string(&r).unwrap().replace('\'', "''");
+    // Acknowledged 100 (one share), batch 2 holds 50, two unbatched rows hold 150 and a user.
+    let setup = format!(
+        "{SCHEMA_1}
+         INSERT INTO meta VALUES (1, 'proxy-eu-1', 2, 1, '300', 4, '100', 1);
+         INSERT INTO batches VALUES (2, '{}', '50', 1);
+         INSERT INTO unbatched VALUES (5, '{}');
+         INSERT INTO unbatched VALUES (6, '{}');",
+        serde_json::to_string(&batch).unwrap().replace('\'', "''"),
+        row(vec![work("rig1", 100), user("alice")]),
+        row(vec![work("rig2", 50)]),
+    );
+    on_file(&db.path(), &setup).await;
+
+    let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
+    assert_eq!(int(&on_file(&db.path(), "PRAGMA user_version").await), 2);
+    let t = outbox.totals().await.unwrap();
+    assert_eq!((t.appended_work, t.appended_shares), (300, 4));
+    assert_eq!((t.acknowledged_work, t.acknowledged_shares), (100, 1));
+    assert_eq!((t.held_work, t.held_shares), (200, 3));
+    assert_eq!(
+        (t.last_sequence, t.unacknowledged_batches, t.unbatched_rows),
+        (2, 1, 2)
+    );
+    outbox.append(vec![work("rig3", 1)]).await.unwrap();
+    let sealed = seal_all(&outbox).await;
+    assert_eq!(sequences(&sealed), [3]);
+    assert_eq!(sealed[0].accepted_work(), 151);
+    assert_eq!(user_names(&sealed), ["alice"]);
+    assert_eq!(sequences(&outbox.unacknowledged(10).await.unwrap()), [2, 3]);
+    outbox.acknowledge(3).await.unwrap();
+    let t = outbox.totals().await.unwrap();
+    assert_eq!(
+        (t.appended_work, t.acknowledged_work, t.held_work),
+        (301, 301, 0)
+    );
+    outbox.close().await.unwrap();
+}

@@ -302,6 +302,12 @@ const CASES: &[Case] = &[
         expect: &["proxy.server_token", "is required"],
     },
     Case {
+        name: "outbox commit window too long",
+        base: "demo.toml",
+        edit: ("outbox_path = \"defpool-demo-outbox.db\"", "outbox_path = \"defpool-demo-outbox.db\"\noutbox_commit_interval_ms = 500"),
+        expect: &["proxy.outbox_commit_interval_ms", "500"],
+    },
+    Case {
         name: "adapter with a remote server but no token",
         base: "production/adapter.toml",
         edit: ("server_token = \"replace-me-ltc-adapter-control-token\"\n", ""),
