@@ -727,6 +727,19 @@ async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, Out
     })
 }
 
+/// The last sealed sequence and the last sealed unbatched row id.
+async fn seal_mark(conn: &mut SqliteConnection, path: &Path) -> Result<(u64, i64), OutboxError> {
+    let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err(path, "reading the last sequence"))?;
+    let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
+    Ok((
+        to_u64(path, "meta.last_sequence", last)?,
+        get(&row, 1, path, "meta.sealed_through")?,
+    ))
+}
+
 /// Schema 2 keeps each unbatched row's credited work and shares beside it, so that an append is
 /// one INSERT (no counter row rewritten per commit); the appended totals are summed on read.
 async fn migrate_1_to_2(conn: &mut SqliteConnection, path: &Path) -> Result<(), OutboxError> {
@@ -995,15 +1008,8 @@ impl Writer {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(path, "beginning a seal"))?;
-        let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err(path, "reading the last sequence"))?;
-        let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
-        let sealed_through: i64 = get(&row, 1, path, "meta.sealed_through")?;
-        if to_u64(path, "meta.last_sequence", last)? != prepared.last_sequence
-            || sealed_through != prepared.sealed_through
-        {
+        let (last_sequence, sealed_through) = seal_mark(&mut tx, path).await?;
+        if last_sequence != prepared.last_sequence || sealed_through != prepared.sealed_through {
             tx.rollback()
                 .await
                 .map_err(db_err(path, "ending a stale seal"))?;
@@ -1388,13 +1394,7 @@ async fn prepare_seal(
         .begin()
         .await
         .map_err(db_err(path, "beginning a seal read"))?;
-    let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err(path, "reading the last sequence"))?;
-    let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
-    let last_sequence = to_u64(path, "meta.last_sequence", last)?;
-    let sealed_through: i64 = get(&row, 1, path, "meta.sealed_through")?;
+    let (last_sequence, sealed_through) = seal_mark(&mut tx, path).await?;
     let mut scan = SealScan {
         merger: Merger::with_limit(ctx.max_batch_records),
         consumed_through: None,
