@@ -10,15 +10,17 @@
 //! One SQLite file in WAL mode with three tables:
 //!
 //! * `meta` — one row: the owning proxy id, the last sealed and the last acknowledged sequence,
-//!   the credited work (decimal `u128` as TEXT) and shares ever acknowledged, and
-//!   `sealed_through`: unbatched rows up to that id are sealed and only await deletion;
-//! * `unbatched(id, body, work, shares)` — one row per group commit: the (merged) records as
-//!   JSON and their credited work and shares. Ids are the writer's and only grow;
+//!   the credited work (decimal `u128` as TEXT) and shares ever sealed and ever acknowledged,
+//!   and `sealed_through`: unbatched rows up to that id are sealed and only await deletion;
+//! * `unbatched(id, work, shares, body)` — one row per group commit: the credited work and
+//!   shares of its (merged) records, and the records as JSON. Ids are the writer's and only
+//!   grow;
 //! * `batches(sequence, body, work, shares)` — sealed batches as JSON of [`Batch`], awaiting
 //!   acknowledgement.
 //!
-//! What was ever appended is the acknowledged counters plus the batches plus the unsealed rows,
-//! summed on read ([`Outbox::totals`]): an append then writes one row and nothing else.
+//! What was ever appended is what was ever sealed plus the unsealed rows, summed on read
+//! ([`Outbox::totals`]): an append writes one row and nothing else, and the seal, which
+//! rewrites `meta` anyway, advances the sealed counters.
 //! Schema 1 (a counter of appended work in `meta`, sealed rows deleted inside the seal) is
 //! migrated on open.
 //!
@@ -101,13 +103,16 @@ CREATE TABLE IF NOT EXISTS meta (
     acknowledged_sequence INTEGER NOT NULL DEFAULT 0,
     acknowledged_work TEXT NOT NULL DEFAULT '0',
     acknowledged_shares INTEGER NOT NULL DEFAULT 0,
-    sealed_through INTEGER NOT NULL DEFAULT 0
+    sealed_through INTEGER NOT NULL DEFAULT 0,
+    sealed_work TEXT NOT NULL DEFAULT '0',
+    sealed_shares INTEGER NOT NULL DEFAULT 0
 );
+-- work and shares before the body: reading them then skips the body's overflow pages.
 CREATE TABLE IF NOT EXISTS unbatched (
     id INTEGER PRIMARY KEY,
-    body TEXT NOT NULL,
     work TEXT NOT NULL DEFAULT '0',
-    shares INTEGER NOT NULL DEFAULT 0
+    shares INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS batches (
     sequence INTEGER PRIMARY KEY,
@@ -119,9 +124,11 @@ PRAGMA user_version = 2;
 ";
 
 /// From schema 1, which deleted sealed rows in the seal's transaction.
-/// The rows' `work` and `shares` are filled in by [`migrate_1_to_2`].
+/// The rows' `work` and `shares` and the sealed counters are filled in by [`migrate_1_to_2`].
 const MIGRATE_1_TO_2: &str = "
 ALTER TABLE meta ADD COLUMN sealed_through INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE meta ADD COLUMN sealed_work TEXT NOT NULL DEFAULT '0';
+ALTER TABLE meta ADD COLUMN sealed_shares INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE unbatched ADD COLUMN work TEXT NOT NULL DEFAULT '0';
 ALTER TABLE unbatched ADD COLUMN shares INTEGER NOT NULL DEFAULT 0;
 PRAGMA user_version = 2;
@@ -482,42 +489,51 @@ impl Outbox {
             .await
             .map_err(self.db("beginning a read"))?;
         let meta = read_meta(&mut tx, path).await?;
-        // What is held: the sealed batches not yet acknowledged and the unsealed rows.
-        let held = |rows: Vec<sqlx::sqlite::SqliteRow>, what: &'static str| {
-            let (mut work, mut shares) = (0u128, 0u64);
-            for row in &rows {
-                let w: String = get(row, 0, path, what)?;
-                work = work.saturating_add(parse_work(path, what, &w)?);
-                let n: i64 = get(row, 1, path, what)?;
-                shares = shares.saturating_add(to_u64(path, what, n)?);
-            }
-            Ok::<_, OutboxError>((count(rows.len() as i64), work, shares))
-        };
+        // Appended: what was ever sealed, plus the rows not sealed yet (at most a few seconds
+        // of commits while sealing keeps up).
         let rows = sqlx::query("SELECT work, shares FROM unbatched WHERE id > ?")
             .bind(meta.sealed_through)
             .fetch_all(&mut *tx)
             .await
             .map_err(self.db("reading unbatched rows"))?;
-        let (unbatched, unbatched_work, unbatched_shares) = held(rows, "unbatched row")?;
-        let rows = sqlx::query("SELECT work, shares FROM batches")
-            .fetch_all(&mut *tx)
+        let (mut appended_work, mut appended_shares) = (meta.sealed_work, meta.sealed_shares);
+        for row in &rows {
+            let w: String = get(row, 0, path, "unbatched.work")?;
+            appended_work = appended_work.saturating_add(parse_work(path, "unbatched.work", &w)?);
+            let n: i64 = get(row, 1, path, "unbatched.shares")?;
+            appended_shares = appended_shares.saturating_add(to_u64(path, "unbatched.shares", n)?);
+        }
+        let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batches")
+            .fetch_one(&mut *tx)
             .await
-            .map_err(self.db("reading batches"))?;
-        let (batches, batch_work, batch_shares) = held(rows, "batch row")?;
+            .map_err(self.db("counting batches"))?;
         tx.commit().await.map_err(self.db("ending a read"))?;
-        let held_work = unbatched_work.saturating_add(batch_work);
-        let held_shares = unbatched_shares.saturating_add(batch_shares);
+        let inconsistent = |what, a: u128, b: u128| {
+            corrupt(path, what, format!("acknowledged {b} exceeds appended {a}"))
+        };
+        let held_work = appended_work
+            .checked_sub(meta.acknowledged_work)
+            .ok_or_else(|| inconsistent("work counters", appended_work, meta.acknowledged_work))?;
+        let held_shares = appended_shares
+            .checked_sub(meta.acknowledged_shares)
+            .ok_or_else(|| {
+                inconsistent(
+                    "share counters",
+                    appended_shares.into(),
+                    meta.acknowledged_shares.into(),
+                )
+            })?;
         Ok(OutboxTotals {
             held_work,
             held_shares,
-            appended_work: meta.acknowledged_work.saturating_add(held_work),
-            appended_shares: meta.acknowledged_shares.saturating_add(held_shares),
+            appended_work,
+            appended_shares,
             acknowledged_work: meta.acknowledged_work,
             acknowledged_shares: meta.acknowledged_shares,
             last_sequence: meta.last_sequence,
             acknowledged_sequence: meta.acknowledged_sequence,
-            unacknowledged_batches: batches,
-            unbatched_rows: unbatched,
+            unacknowledged_batches: count(batches),
+            unbatched_rows: count(rows.len() as i64),
             commits: self.inner.stats.commits.load(Ordering::Relaxed),
             appends: self.inner.stats.appends.load(Ordering::Relaxed),
         })
@@ -702,12 +718,15 @@ struct Meta {
     acknowledged_shares: u64,
     /// Unbatched rows with an id up to this one are sealed, awaiting deletion.
     sealed_through: i64,
+    /// Credited work and shares ever sealed into batches.
+    sealed_work: u128,
+    sealed_shares: u64,
 }
 
 async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, OutboxError> {
     let row = sqlx::query(
         "SELECT last_sequence, acknowledged_sequence, acknowledged_work, acknowledged_shares, \
-         sealed_through FROM meta WHERE id = 1",
+         sealed_through, sealed_work, sealed_shares FROM meta WHERE id = 1",
     )
     .fetch_one(&mut *conn)
     .await
@@ -724,6 +743,8 @@ async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, Out
         acknowledged_work: work(2, "meta.acknowledged_work")?,
         acknowledged_shares: int(3, "meta.acknowledged_shares")?,
         sealed_through: get(&row, 4, path, "meta.sealed_through")?,
+        sealed_work: work(5, "meta.sealed_work")?,
+        sealed_shares: int(6, "meta.sealed_shares")?,
     })
 }
 
@@ -741,11 +762,22 @@ async fn seal_mark(conn: &mut SqliteConnection, path: &Path) -> Result<(u64, i64
 }
 
 /// Schema 2 keeps each unbatched row's credited work and shares beside it, so that an append is
-/// one INSERT (no counter row rewritten per commit); the appended totals are summed on read.
+/// one INSERT (no counter row rewritten per commit), and counts work in `meta` when it is sealed
+/// instead of when it is appended. Migrated files keep the unused `appended_*` columns, and
+/// their rows' new columns after the body.
 async fn migrate_1_to_2(conn: &mut SqliteConnection, path: &Path) -> Result<(), OutboxError> {
     sqlx::Executor::execute(&mut *conn, MIGRATE_1_TO_2)
         .await
         .map_err(db_err(path, "migrating the schema from version 1"))?;
+    let row = sqlx::query("SELECT appended_work, appended_shares FROM meta WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err(path, "reading the appended counters to migrate"))?;
+    let appended_work: String = get(&row, 0, path, "meta.appended_work")?;
+    let appended_work = parse_work(path, "meta.appended_work", &appended_work)?;
+    let appended_shares: i64 = get(&row, 1, path, "meta.appended_shares")?;
+    let appended_shares = to_u64(path, "meta.appended_shares", appended_shares)?;
+    let (mut unsealed_work, mut unsealed_shares) = (0u128, 0u64);
     let rows = sqlx::query("SELECT id, body FROM unbatched")
         .fetch_all(&mut *conn)
         .await
@@ -756,6 +788,8 @@ async fn migrate_1_to_2(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
         let records: Vec<Record> = serde_json::from_str(&body)
             .map_err(|e| corrupt(path, "unbatched records", format!("row {id}: {e}")))?;
         let (work, shares) = credited(&records);
+        unsealed_work = unsealed_work.saturating_add(work);
+        unsealed_shares = unsealed_shares.saturating_add(shares);
         sqlx::query("UPDATE unbatched SET work = ?, shares = ? WHERE id = ?")
             .bind(work.to_string())
             .bind(to_i64(path, "unbatched.shares", shares)?)
@@ -764,6 +798,23 @@ async fn migrate_1_to_2(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
             .await
             .map_err(db_err(path, "migrating an unbatched row"))?;
     }
+    // Schema 1 counted rows as appended when written; schema 2 counts them when sealed.
+    let (Some(sealed_work), Some(sealed_shares)) = (
+        appended_work.checked_sub(unsealed_work),
+        appended_shares.checked_sub(unsealed_shares),
+    ) else {
+        return Err(corrupt(
+            path,
+            "appended counters",
+            format!("the unbatched rows hold {unsealed_work} work in {unsealed_shares} shares, more than the {appended_work} in {appended_shares} ever appended"),
+        ));
+    };
+    sqlx::query("UPDATE meta SET sealed_work = ?, sealed_shares = ? WHERE id = 1")
+        .bind(sealed_work.to_string())
+        .bind(to_i64(path, "meta.sealed_shares", sealed_shares)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err(path, "migrating the counters"))?;
     Ok(())
 }
 
@@ -1008,8 +1059,10 @@ impl Writer {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(path, "beginning a seal"))?;
-        let (last_sequence, sealed_through) = seal_mark(&mut tx, path).await?;
-        if last_sequence != prepared.last_sequence || sealed_through != prepared.sealed_through {
+        let meta = read_meta(&mut tx, path).await?;
+        let sealed_through = meta.sealed_through;
+        if meta.last_sequence != prepared.last_sequence || sealed_through != prepared.sealed_through
+        {
             tx.rollback()
                 .await
                 .map_err(db_err(path, "ending a stale seal"))?;
@@ -1085,12 +1138,21 @@ impl Writer {
             .execute(&mut *tx)
             .await
             .map_err(db_err(path, "inserting a batch"))?;
-        sqlx::query("UPDATE meta SET last_sequence = ?, sealed_through = ? WHERE id = 1")
-            .bind(seq_i64)
-            .bind(new_sealed_through)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(path, "advancing the sequence"))?;
+        sqlx::query(
+            "UPDATE meta SET last_sequence = ?, sealed_through = ?, sealed_work = ?, \
+             sealed_shares = ? WHERE id = 1",
+        )
+        .bind(seq_i64)
+        .bind(new_sealed_through)
+        .bind(meta.sealed_work.saturating_add(sealed.work).to_string())
+        .bind(to_i64(
+            path,
+            "meta.sealed_shares",
+            meta.sealed_shares.saturating_add(sealed.shares),
+        )?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(path, "advancing the sequence"))?;
         tx.commit()
             .await
             .map_err(db_err(path, "committing a seal"))?;
