@@ -15,7 +15,7 @@
 //! * `unbatched(id, work, shares, body)` — one row per group commit: the credited work and
 //!   shares of its (merged) records, and the records as JSON. Ids are the writer's and only
 //!   grow;
-//! * `batches(sequence, body, work, shares)` — sealed batches as JSON of [`Batch`], awaiting
+//! * `batches(sequence, work, shares, body)` — sealed batches as JSON of [`Batch`], awaiting
 //!   acknowledgement.
 //!
 //! What was ever appended is what was ever sealed plus the unsealed rows, summed on read
@@ -107,7 +107,8 @@ CREATE TABLE IF NOT EXISTS meta (
     sealed_work TEXT NOT NULL DEFAULT '0',
     sealed_shares INTEGER NOT NULL DEFAULT 0
 );
--- work and shares before the body: reading them then skips the body's overflow pages.
+-- work and shares before the body (here and in batches): reading them then skips the body's
+-- overflow pages.
 CREATE TABLE IF NOT EXISTS unbatched (
     id INTEGER PRIMARY KEY,
     work TEXT NOT NULL DEFAULT '0',
@@ -116,9 +117,9 @@ CREATE TABLE IF NOT EXISTS unbatched (
 );
 CREATE TABLE IF NOT EXISTS batches (
     sequence INTEGER PRIMARY KEY,
-    body TEXT NOT NULL,
     work TEXT NOT NULL,
-    shares INTEGER NOT NULL
+    shares INTEGER NOT NULL,
+    body TEXT NOT NULL
 );
 PRAGMA user_version = 2;
 ";
