@@ -39,8 +39,8 @@
 //! arriving within [`OutboxOptions::commit_interval`] (or until
 //! [`OutboxOptions::max_pending_records`] records are pending), merges their records (see
 //! [`merge_records`]), writes them as one row with a single INSERT (its own transaction: one trip
-//! to the connection's thread), and only then answers every waiting append. Sealing and acknowledgements go through the same task, so every write
-//! is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
+//! to the connection's thread), and only then answers every waiting append. Sealing and
+//! acknowledgements go through the same task, so every write is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
 //! pool of read connections and see committed snapshots.
 //!
 //! Sealing reads, parses and merges the unbatched rows from a read snapshot, the parsing on a
