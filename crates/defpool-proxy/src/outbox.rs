@@ -40,8 +40,9 @@
 //! [`OutboxOptions::max_pending_records`] records are pending), merges their records (see
 //! [`merge_records`]), writes them as one row with a single INSERT (its own transaction: one trip
 //! to the connection's thread), and only then answers every waiting append. Sealing and
-//! acknowledgements go through the same task, so every write is serialised; reads ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small
-//! pool of read connections and see committed snapshots.
+//! acknowledgements go through the same task, so every write is serialised; reads
+//! ([`Outbox::unacknowledged`], [`Outbox::totals`]) use a separate small pool of read
+//! connections and see committed snapshots.
 //!
 //! Sealing reads, parses and merges the unbatched rows from a read snapshot, the parsing on a
 //! blocking thread, and hands the writer only a short transaction to apply; the writer applies
