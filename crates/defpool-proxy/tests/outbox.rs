@@ -813,12 +813,14 @@ fn int(rows: &[sqlx::sqlite::SqliteRow]) -> i64 {
 async fn sealed_rows_are_deleted_and_their_ids_never_come_back() {
     let db = TempDb::new("prune");
     let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
-    for w in ["rig1", "rig2", "rig3"] {
-        outbox.append(vec![work(w, 10)]).await.unwrap();
+    // More rows than one prune command deletes (64), one append (so one row) at a time.
+    for i in 0..150 {
+        outbox.append(vec![work(&format!("rig{i}"), 10)]).await.unwrap();
     }
+    assert_eq!(outbox.totals().await.unwrap().unbatched_rows, 150);
     assert_eq!(seal_all(&outbox).await.len(), 1);
     outbox.close().await.unwrap();
-    // The seal marked three rows sealed; pruning then deleted them: the table is empty, so
+    // The seal marked 150 rows sealed; pruning then deleted them: the table is empty, so
     // SQLite alone would hand out id 1 again, at or below the sealed mark.
     assert_eq!(
         int(&on_file(&db.path(), "SELECT COUNT(*) FROM unbatched").await),
@@ -826,7 +828,7 @@ async fn sealed_rows_are_deleted_and_their_ids_never_come_back() {
     );
     assert_eq!(
         int(&on_file(&db.path(), "SELECT sealed_through FROM meta").await),
-        3
+        150
     );
 
     let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
@@ -834,7 +836,7 @@ async fn sealed_rows_are_deleted_and_their_ids_never_come_back() {
     let t = outbox.totals().await.unwrap();
     assert_eq!(
         (t.unbatched_rows, t.held_work, t.appended_work),
-        (1, 37, 37),
+        (1, 1_507, 1_507),
         "a row appended after every sealed row was pruned counts as unsealed"
     );
     let batches = seal_all(&outbox).await;
