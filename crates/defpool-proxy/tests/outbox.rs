@@ -815,7 +815,10 @@ async fn sealed_rows_are_deleted_and_their_ids_never_come_back() {
     let outbox = Outbox::open(&db.path(), proxy(), manual()).await.unwrap();
     // More rows than one prune command deletes (64), one append (so one row) at a time.
     for i in 0..150 {
-        outbox.append(vec![work(&format!("rig{i}"), 10)]).await.unwrap();
+        outbox
+            .append(vec![work(&format!("rig{i}"), 10)])
+            .await
+            .unwrap();
     }
     assert_eq!(outbox.totals().await.unwrap().unbatched_rows, 150);
     assert_eq!(seal_all(&outbox).await.len(), 1);
