@@ -750,19 +750,6 @@ async fn read_meta(conn: &mut SqliteConnection, path: &Path) -> Result<Meta, Out
     })
 }
 
-/// The last sealed sequence and the last sealed unbatched row id.
-async fn seal_mark(conn: &mut SqliteConnection, path: &Path) -> Result<(u64, i64), OutboxError> {
-    let row = sqlx::query("SELECT last_sequence, sealed_through FROM meta WHERE id = 1")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err(path, "reading the last sequence"))?;
-    let last: i64 = get(&row, 0, path, "meta.last_sequence")?;
-    Ok((
-        to_u64(path, "meta.last_sequence", last)?,
-        get(&row, 1, path, "meta.sealed_through")?,
-    ))
-}
-
 /// Schema 2 keeps each unbatched row's credited work and shares beside it, so that an append is
 /// one INSERT (no counter row rewritten per commit), and counts work in `meta` when it is sealed
 /// instead of when it is appended. Migrated files keep the unused `appended_*` columns, and
@@ -1458,7 +1445,11 @@ async fn prepare_seal(
         .begin()
         .await
         .map_err(db_err(path, "beginning a seal read"))?;
-    let (last_sequence, sealed_through) = seal_mark(&mut tx, path).await?;
+    let Meta {
+        last_sequence,
+        sealed_through,
+        ..
+    } = read_meta(&mut tx, path).await?;
     let mut scan = SealScan {
         merger: Merger::with_limit(ctx.max_batch_records),
         consumed_through: None,
