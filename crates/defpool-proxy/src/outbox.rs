@@ -149,8 +149,9 @@ const PRUNE_CHUNK: i64 = 64;
 /// Tuning of an [`Outbox`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxOptions {
-    /// How long the writer gathers appends after the first one before committing them together.
-    /// Zero commits whatever is queued at once.
+    /// How long after the first append of a group was sent the writer commits the group.
+    /// Zero commits whatever is queued at once. Tokio's timer fires on the first whole
+    /// millisecond after the deadline, so 1 ms means 1 to 2 ms.
     pub commit_interval: Duration,
     /// Commit early once this many records are pending.
     pub max_pending_records: usize,
@@ -170,7 +171,7 @@ pub struct OutboxOptions {
 impl Default for OutboxOptions {
     fn default() -> Self {
         OutboxOptions {
-            commit_interval: Duration::from_millis(2),
+            commit_interval: Duration::from_millis(1),
             max_pending_records: 4096,
             seal_interval: Duration::from_secs(1),
             max_batch_records: 10_000,
@@ -303,6 +304,9 @@ type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 enum Command {
     Append {
         records: Vec<Record>,
+        /// When the append was sent: the commit window runs from the oldest waiting append,
+        /// so one that queued behind a commit does not wait a whole window more.
+        sent: Instant,
         done: Reply<()>,
     },
     Seal {
@@ -422,7 +426,13 @@ impl Outbox {
         if records.is_empty() {
             return Ok(());
         }
-        self.call(|done| Command::Append { records, done }).await
+        let sent = Instant::now();
+        self.call(|done| Command::Append {
+            records,
+            sent,
+            done,
+        })
+        .await
     }
 
     /// Seals committed-but-unbatched records (at most `max_batch_records` after merging, oldest
@@ -924,8 +934,12 @@ impl Writer {
                 },
             };
             match command {
-                Command::Append { records, done } => {
-                    let (group, next) = self.gather(&mut rx, records, done).await;
+                Command::Append {
+                    records,
+                    sent,
+                    done,
+                } => {
+                    let (group, next) = self.gather(&mut rx, records, sent, done).await;
                     carried = next;
                     self.commit_group(group).await;
                 }
@@ -950,15 +964,19 @@ impl Writer {
         }
     }
 
-    /// Collects appends after the first until the commit interval has passed since it arrived
-    /// or enough records are pending. A different command ends the group and is handed back.
+    /// Collects appends after the first until the commit interval has passed since the first
+    /// was sent, or enough records are pending. Measured from the send, not from when the
+    /// writer got to it: appends that queued during the previous commit have already waited
+    /// that long, and (at high rates) would otherwise wait a whole window more. A different
+    /// command ends the group and is handed back.
     async fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Command>,
         records: Vec<Record>,
+        first_sent: Instant,
         done: Reply<()>,
     ) -> (Vec<(Vec<Record>, Reply<()>)>, Option<Command>) {
-        let deadline = Instant::now() + self.commit_interval;
+        let deadline = first_sent + self.commit_interval;
         let mut pending = records.len();
         let mut group = vec![(records, done)];
         while pending < self.max_pending_records {
@@ -976,7 +994,7 @@ impl Writer {
                 }
             };
             match next {
-                Command::Append { records, done } => {
+                Command::Append { records, done, .. } => {
                     pending += records.len();
                     group.push((records, done));
                 }

@@ -790,6 +790,59 @@ async fn paced() {
     outbox.close().await.unwrap();
 }
 
+/// The commit window runs from when an append was sent, not from when the writer got to it: an
+/// append that queued while the writer was stuck in a commit is committed right after that
+/// commit, not a whole window later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_queued_behind_a_commit_does_not_wait_a_window_more() {
+    use sqlx::{ConnectOptions, Executor};
+    const WINDOW: Duration = Duration::from_millis(400);
+    let db = TempDb::new("window-from-send");
+    let opts = OutboxOptions {
+        commit_interval: WINDOW,
+        ..manual()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    // Another connection holds the write lock, so the writer's commit of the first append waits.
+    let mut blocker = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db.path())
+        .connect()
+        .await
+        .unwrap();
+    blocker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let started = Instant::now();
+    let append = |worker: &'static str| {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            outbox.append(vec![work(worker, 1)]).await.unwrap();
+            Instant::now()
+        })
+    };
+    let first = append("rig1");
+    // Past the first window: the writer is now inside the blocked commit.
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    let second = append("rig2");
+    // The second append's own window passes while it waits behind the commit.
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    blocker.execute("COMMIT").await.unwrap();
+    let first_done = first.await.unwrap();
+    let second_done = second.await.unwrap();
+    assert!(
+        first_done.duration_since(started) >= 2 * WINDOW,
+        "the lock held the first commit"
+    );
+    let behind = second_done.duration_since(first_done);
+    assert!(
+        behind < WINDOW / 2,
+        "the second append, sent about {} ms before the writer got to it, waited {} ms after the first commit",
+        (WINDOW + Duration::from_millis(100)).as_millis(),
+        behind.as_millis()
+    );
+    sqlx::Connection::close(blocker).await.unwrap();
+    assert_eq!(outbox.totals().await.unwrap().appended_work, 2);
+    outbox.close().await.unwrap();
+}
+
 /// Runs `sql` on the outbox file through a connection of its own (what another tool, or an
 /// older build, would see).
 async fn on_file(path: &std::path::Path, sql: &str) -> Vec<sqlx::sqlite::SqliteRow> {
