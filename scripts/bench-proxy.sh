@@ -41,7 +41,8 @@
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
 #                        be quiet (CPU pressure "some avg10" below 20 %); 0 disables
 #   BENCH_RATE=N         shares/s offered in the throughput and floor phases (default 20000)
-#   BENCH_COMMIT_MS=N    the proxy's outbox_commit_interval_ms (default 2; 0 commits at once)
+#   BENCH_COMMIT_MS=N    the proxy's outbox_commit_interval_ms (default: the product's, 1 ms;
+#                        0 commits at once)
 #   BENCH_PERF=1         also `perf record -g` the proxy during each phase's measured window
 #                        ($BENCH_OUT/<phase>/perf.data; `perf report -i` it)
 # Not part of CI: about 10 minutes on a 2-core machine, plus the release and bench builds.
@@ -159,7 +160,7 @@ level = "warn"
 [proxy]
 id = "bench-proxy"
 outbox_path = "$PHASE_DIR/outbox.db"
-outbox_commit_interval_ms = ${BENCH_COMMIT_MS:-2}
+${BENCH_COMMIT_MS:+outbox_commit_interval_ms = $BENCH_COMMIT_MS}
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 admin_token = "$TOKEN"
 authority_public_key = "$PUB"
