@@ -843,6 +843,35 @@ async fn an_append_queued_behind_a_commit_does_not_wait_a_window_more() {
     outbox.close().await.unwrap();
 }
 
+/// With the timers on, committed pages reach the database file within a fraction of a second
+/// (the checkpointing timer), not only when the WAL reaches the writer's own checkpoint at
+/// thousands of pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointing_timer_copies_commits_into_the_database_file() {
+    let db = TempDb::new("checkpointer");
+    let opts = OutboxOptions {
+        // Timers on, but no seal during the test.
+        seal_interval: Duration::from_secs(3600),
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::open(&db.path(), proxy(), opts).await.unwrap();
+    let file_len = || std::fs::metadata(db.path()).unwrap().len();
+    let before = file_len();
+    let records: Vec<Record> = (0..2_000).map(|i| work(&format!("rig{i}"), 1)).collect();
+    outbox.append(records).await.unwrap();
+    let started = Instant::now();
+    while file_len() < before + 100_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the database file stayed at {} bytes ({} before the append)",
+            file_len(),
+            before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    outbox.close().await.unwrap();
+}
+
 /// Runs `sql` on the outbox file through a connection of its own (what another tool, or an
 /// older build, would see).
 async fn on_file(path: &std::path::Path, sql: &str) -> Vec<sqlx::sqlite::SqliteRow> {
