@@ -165,7 +165,8 @@ pub struct OutboxOptions {
     /// Commit early once this many records are pending.
     pub max_pending_records: usize,
     /// How often the background task seals unbatched records into batches. Zero disables the
-    /// task (seal with [`Outbox::seal`]).
+    /// task (seal with [`Outbox::seal`]) and the checkpointing timer with it (the writer then
+    /// checkpoints inside a commit once the WAL reaches its limit).
     pub seal_interval: Duration,
     /// At most this many records (after merging) per batch. Above the number of workers
     /// active in a seal interval, so that a worker's records of that interval merge into one
@@ -343,8 +344,8 @@ enum Command {
 
 impl Outbox {
     /// Opens (creating if missing) the outbox at `path` for `proxy_id`, and starts the writer
-    /// and, unless [`OutboxOptions::seal_interval`] is zero, the sealing timer. Must be called
-    /// within a Tokio runtime.
+    /// and, unless [`OutboxOptions::seal_interval`] is zero, the sealing and checkpointing
+    /// timers. Must be called within a Tokio runtime.
     pub async fn open(
         path: &Path,
         proxy_id: ProxyId,
