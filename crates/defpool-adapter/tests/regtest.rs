@@ -12,7 +12,6 @@
 //!
 //! Skips with a notice when `litecoind` is not installed.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,11 +47,7 @@ impl Drop for Node {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    defpool_loadgen::free_loopback_port().unwrap()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

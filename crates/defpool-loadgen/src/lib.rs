@@ -24,10 +24,12 @@ pub mod miner;
 mod miner_sv2;
 pub mod pool;
 mod pool_sv2;
+pub mod port;
 mod search;
 
 pub use miner::run_miners;
 pub use pool::{run_pool, TestPool};
+pub use port::free_loopback_port;
 
 /// Why a load-generator run could not start or went wrong as a whole. Problems of single
 /// connections are counted in the reports, not raised.

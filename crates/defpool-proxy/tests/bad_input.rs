@@ -45,11 +45,7 @@ const DIFFICULTY: f64 = 0.000001;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    defpool_loadgen::free_loopback_port().unwrap()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -300,10 +300,7 @@ fn litecoind() -> PathBuf {
 }
 
 fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+    defpool_loadgen::free_loopback_port().map_err(|e| format!("no free loopback port: {e}"))
 }
 
 fn port_or_free(preferred: u16) -> Result<u16, String> {

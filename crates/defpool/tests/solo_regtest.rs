@@ -10,7 +10,6 @@
 //! unless DEFPOOL_SKIP_LITECOIND is set. `SOLO_LOG` sets the processes' log filter (default
 //! `info`); their logs stay in the test's temporary directory when it fails.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,9 @@ use std::time::{Duration, Instant};
 use defpool_control::{BlockState, Event, ProxyId, Record};
 use defpool_proxy::outbox::{Outbox, OutboxOptions};
 use serde_json::Value;
+
+mod common;
+use common::{free_port, wait_port_of};
 
 const ADAPTER_PUB: &str = "9biV8JrgZHbxDZnvN8ysxQ6qJHiFd6ZNFGb73FXB91epVFMbeAs";
 const ADAPTER_SEC: &str = "AFnAZb3koYMnb6xkbYddrgt2o61Te77FMQqdtBRj5PZDCbRu5";
@@ -36,14 +38,6 @@ impl Drop for Proc {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn litecoind() -> PathBuf {
@@ -164,12 +158,6 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn wait_port(port: u16) {
-    wait_until(&format!("port {port}"), Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
 }
 
 fn miners(port: u16, secs: u32, log: &Path) -> Proc {
@@ -320,9 +308,9 @@ payout_scheme = "solo"
     .unwrap();
     let cfg = config.to_str().unwrap().to_string();
     let mut adapter = defpool(&["adapter", "--config", &cfg], &root.join("adapter.log"));
-    wait_port(adapter_port);
-    let _proxy = defpool(&["proxy", "--config", &cfg], &root.join("proxy.log"));
-    wait_port(proxy_port);
+    wait_port_of(&mut adapter.child, adapter_port, &root.join("adapter.log"));
+    let mut proxy = defpool(&["proxy", "--config", &cfg], &root.join("proxy.log"));
+    wait_port_of(&mut proxy.child, proxy_port, &root.join("proxy.log"));
 
     // Our miners find blocks 432.. with MWEB data.
     let mut m = miners(proxy_port, 240, &root.join("miners-1.log"));

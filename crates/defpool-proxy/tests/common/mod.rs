@@ -21,11 +21,7 @@ pub const PROXY_PUB: &str = "9aubsUESvSxGovf93cGCKXsAQwoPGz8JAqLVH36e9wcGa1rPWQB
 pub const PROXY_SEC: &str = "2Xifp7Jz6CPcphddKSKA9Pqga5mfk82powffv1mRkX1ijdETes";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    defpool_loadgen::free_loopback_port().unwrap()
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {

@@ -2,7 +2,6 @@
 //! free loopback ports, waiting for a port.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,11 +33,7 @@ impl Proc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    defpool_loadgen::free_loopback_port().unwrap()
 }
 
 /// Runs `defpool <args>` with its log (stderr, appended) in `log`.
@@ -63,6 +58,27 @@ pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to 30 s for `port` to accept connections from `child`, whose log is `log`. Fails at
+/// once if the child exits first, and either way with the end of its log, so a CI run says why.
+pub fn wait_port_of(child: &mut Child, port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            match exited {
+                Some(status) => {
+                    panic!("exited ({status}) before port {port} opened; its log ends:\n{tail}")
+                }
+                None => panic!("port {port} never opened; the log ends:\n{tail}"),
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
