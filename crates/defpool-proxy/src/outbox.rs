@@ -1446,7 +1446,7 @@ async fn seal_with(
     })
 }
 
-/// An unbatched row's records: held by the writer, or the row's JSON read from the file.
+/// An unbatched row's records: held by the writer, or the row's body read from the file.
 enum RowRecords {
     Held(Vec<Record>),
     Stored(Vec<u8>),
