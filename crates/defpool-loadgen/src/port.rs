@@ -22,26 +22,34 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// A loopback TCP port that is free now and outside the kernel's ephemeral range.
 pub fn free_loopback_port() -> std::io::Result<u16> {
     let high = ephemeral_low().max(LOWEST + 1000);
-    let span = high - LOWEST;
     // A start that differs between processes, so consecutive test binaries do not retry the
     // ports their predecessors' children may still hold.
     let _ = NEXT.compare_exchange(
         0,
-        start_offset(span) + 1,
+        start_offset(high - LOWEST) + 1,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed) - 1;
-        let port = (LOWEST + n % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
+    match pick(&NEXT, high) {
+        Some(port) => Ok(port),
+        // Everything below the ephemeral range is taken: let the kernel choose.
+        None => TcpListener::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port()),
     }
-    // Everything below the ephemeral range is taken: let the kernel choose.
-    TcpListener::bind("127.0.0.1:0")?
-        .local_addr()
-        .map(|a| a.port())
+}
+
+/// The first port from `counter` on (one past its value, wrapping within `LOWEST..high`) that
+/// binds now; the counter moves past it. `None` after a whole round of taken ports.
+fn pick(counter: &AtomicU32, high: u32) -> Option<u16> {
+    let span = high - LOWEST;
+    (0..span).find_map(|_| {
+        let n = counter.fetch_add(1, Ordering::Relaxed) - 1;
+        let port = (LOWEST + n % span) as u16;
+        TcpListener::bind(("127.0.0.1", port))
+            .is_ok()
+            .then_some(port)
+    })
 }
 
 fn ephemeral_low() -> u32 {
@@ -83,15 +91,17 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_skipped() {
-        let first = free_loopback_port().unwrap();
-        // Hold the next port in the sequence: the picker must step over it.
-        let span = ephemeral_low().max(LOWEST + 1000) - LOWEST;
-        let next = (LOWEST + (u32::from(first) - LOWEST + 1) % span) as u16;
-        let held = TcpListener::bind(("127.0.0.1", next));
-        let second = free_loopback_port().unwrap();
-        if held.is_ok() {
-            assert_ne!(second, next);
-        }
+        // A counter of its own, so the other test's picks cannot move it.
+        let high = ephemeral_low().max(LOWEST + 1000);
+        let counter = AtomicU32::new(start_offset(high - LOWEST) + 1);
+        let first = pick(&counter, high).unwrap();
+        // Hold the port the sequence reaches next: the picker must step over it.
+        let next = (LOWEST + (u32::from(first) - LOWEST + 1) % (high - LOWEST)) as u16;
+        let Ok(_held) = TcpListener::bind(("127.0.0.1", next)) else {
+            return; // taken by someone else already: the point is made either way
+        };
+        let second = pick(&counter, high).unwrap();
+        assert_ne!(second, next);
         assert_ne!(second, first);
     }
 }
