@@ -360,15 +360,20 @@ pub async fn serve(
                 // One spawn per protocol: a task is as large as its future, and one future
                 // for both would size every SV1 miner's task for an SV2 session.
                 match protocol {
-                    StratumProtocol::Sv1 => tokio::spawn(async move {
-                        let _permit = permit;
-                        downstream::sv1::serve(stream, peer, settings, ctx, group).await
-                    }),
-                    StratumProtocol::Sv2 => tokio::spawn(async move {
-                        let _permit = permit;
-                        let keys = keys.expect("SV2 keys checked at start");
-                        downstream::sv2::serve(stream, peer, settings, ctx, group, keys).await
-                    }),
+                    StratumProtocol::Sv1 => tokio::spawn(downstream::sv1::serve(
+                        stream, peer, settings, ctx, group, permit,
+                    )),
+                    // Spawned as it is: a wrapping `async` block would keep room for the
+                    // arguments in the task of every idle miner.
+                    StratumProtocol::Sv2 => tokio::spawn(downstream::sv2::serve(
+                        stream,
+                        peer,
+                        settings,
+                        ctx,
+                        group,
+                        keys.expect("SV2 keys checked at start"),
+                        permit,
+                    )),
                 };
             }
         });

@@ -69,11 +69,11 @@ pub fn sv1_reject(r: &Reject) -> (i64, String) {
 mod tests {
     use std::future::Future;
 
-    fn future_size5<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+    fn future_size6<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    fn future_size6<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+    fn future_size7<A, B, C, D, E, G, H, F: Future>(_: fn(A, B, C, D, E, G, H) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -81,14 +81,16 @@ mod tests {
     /// handshake and the share path (verifier, outbox) are boxed so that an idle miner's task
     /// holds only its session and the futures it waits on (the listener spawns each kind on its
     /// own, so an SV1 task is not sized for an SV2 session).
-    /// Before the boxing both were about 3.6 KB; now 1,000 B (SV1) and 1,488 B (SV2, with the
-    /// transport's cipher states), with a little room for them to change.
+    /// Before the boxing both were about 3.6 KB; then 1,000 B (SV1) and 1,488 B (SV2); now
+    /// 856 B and 888 B: no arguments kept beside the session, the SV2 reader polled in place,
+    /// its first message and each one received boxed. Tokio puts about 100 bytes of its own
+    /// beside the future and rounds the task up to 128 bytes: under 912 bytes, a task is 1 KiB.
     #[test]
     fn miner_session_tasks_stay_small() {
-        let sv1 = future_size5(super::sv1::serve);
-        let sv2 = future_size6(super::sv2::serve);
+        let sv1 = future_size6(super::sv1::serve);
+        let sv2 = future_size7(super::sv2::serve);
         eprintln!("session futures: SV1 {sv1} B, SV2 {sv2} B");
-        assert!(sv1 <= 1_056, "SV1 session future is {sv1} bytes");
-        assert!(sv2 <= 1_536, "SV2 session future is {sv2} bytes");
+        assert!(sv1 <= 912, "SV1 session future is {sv1} bytes");
+        assert!(sv2 <= 912, "SV2 session future is {sv2} bytes");
     }
 }

@@ -3,6 +3,7 @@
 //! resort, client.reconnect.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::{forward, share_target, sv1_reject, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
@@ -65,16 +66,22 @@ struct Session {
     current: Option<Arc<JobTemplate>>,
     seen_epoch: u64,
     closing: Option<&'static str>,
+    /// The port's connection limit, released when the session ends.
+    _permit: OwnedSemaphorePermit,
 }
 
-/// Serves one SV1 miner until it leaves or breaks the protocol.
-pub async fn serve(
+/// Serves one SV1 miner until it leaves or breaks the protocol, holding `permit` (the port's
+/// connection limit) as long.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     port: Arc<PortSettings>,
     ctx: Arc<Context>,
     group: Arc<GroupShared>,
-) {
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    // The session is built here and moved into the future: an `async fn` would keep room for
+    // its arguments beside the session in the task of every idle miner.
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     // No read buffer while idle (a BufReader's would stay allocated on every idle miner).
@@ -110,91 +117,97 @@ pub async fn serve(
         current: None,
         seen_epoch: 0,
         closing: None,
+        _permit: permit,
     };
     s.group.miners.fetch_add(1, Ordering::Relaxed);
-    let idle = s.port.idle_timeout;
-    // One timer per session for both the idle deadline and the vardiff retarget (an interval
-    // would be a second, boxed timer on every idle miner), re-armed only when it fires (not on
-    // every message): re-arming it per loop iteration was a timer-wheel insert and removal per
-    // share and job.
-    let mut last_activity = tokio::time::Instant::now();
-    let mut next_retarget = last_activity + RETARGET_EVERY;
-    let idle_timer = tokio::time::sleep_until((last_activity + idle).min(next_retarget));
-    tokio::pin!(idle_timer);
-    let reason: String = loop {
-        if let Some(why) = s.closing {
-            break why.to_string();
-        }
-        tokio::select! {
-            line = lines.next_line() => {
-                match line {
-                    Ok(Some(line)) => {
-                        last_activity = tokio::time::Instant::now();
-                        match sv1::parse_line(line) {
-                            Ok(Incoming::Request(req)) => {
-                                // Boxed: the share path's futures (verifier, outbox) would
-                                // otherwise size the task of every idle miner.
-                                if let Err(e) = Box::pin(s.on_request(req)).await {
-                                    break format!("write failed: {e}");
+    // A block, not an `async fn` taking them: a function's future would keep its arguments
+    // twice (as captured and as moved into its body).
+    async move {
+        let s = &mut s;
+        let idle = s.port.idle_timeout;
+        // One timer per session for both the idle deadline and the vardiff retarget (an interval
+        // would be a second, boxed timer on every idle miner), re-armed only when it fires (not on
+        // every message): re-arming it per loop iteration was a timer-wheel insert and removal per
+        // share and job.
+        let mut last_activity = tokio::time::Instant::now();
+        let mut next_retarget = last_activity + RETARGET_EVERY;
+        let idle_timer = tokio::time::sleep_until((last_activity + idle).min(next_retarget));
+        tokio::pin!(idle_timer);
+        let reason: String = loop {
+            if let Some(why) = s.closing {
+                break why.to_string();
+            }
+            tokio::select! {
+                line = lines.next_line() => {
+                    match line {
+                        Ok(Some(line)) => {
+                            last_activity = tokio::time::Instant::now();
+                            match sv1::parse_line(line) {
+                                Ok(Incoming::Request(req)) => {
+                                    // Boxed: the share path's futures (verifier, outbox) would
+                                    // otherwise size the task of every idle miner.
+                                    if let Err(e) = Box::pin(s.on_request(req)).await {
+                                        break format!("write failed: {e}");
+                                    }
+                                }
+                                Ok(Incoming::Response(_)) => {}
+                                Err(e) => {
+                                    s.ctx.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                                    break format!("protocol violation: {e}");
                                 }
                             }
-                            Ok(Incoming::Response(_)) => {}
-                            Err(e) => {
+                        }
+                        Ok(None) => break "miner closed the connection".into(),
+                        Err(e) => {
+                            if e.is_protocol_violation() {
                                 s.ctx.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
                                 break format!("protocol violation: {e}");
                             }
+                            break format!("{e}");
                         }
                     }
-                    Ok(None) => break "miner closed the connection".into(),
-                    Err(e) => {
-                        if e.is_protocol_violation() {
-                            s.ctx.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
-                            break format!("protocol violation: {e}");
+                }
+                changed = templates.changed(), if s.ready() => {
+                    if changed.is_err() {
+                        break "proxy shutting down".into();
+                    }
+                    let t = templates.borrow_and_update().clone();
+                    if let Some(t) = t {
+                        if let Err(e) = s.send_job(t, false).await {
+                            break format!("write failed: {e}");
                         }
-                        break format!("{e}");
                     }
                 }
-            }
-            changed = templates.changed(), if s.ready() => {
-                if changed.is_err() {
-                    break "proxy shutting down".into();
-                }
-                let t = templates.borrow_and_update().clone();
-                if let Some(t) = t {
-                    if let Err(e) = s.send_job(t, false).await {
-                        break format!("write failed: {e}");
+                _ = &mut idle_timer => {
+                    let now = tokio::time::Instant::now();
+                    let deadline = last_activity + idle;
+                    if now >= deadline {
+                        break format!("idle for {} s", idle.as_secs());
                     }
-                }
-            }
-            _ = &mut idle_timer => {
-                let now = tokio::time::Instant::now();
-                let deadline = last_activity + idle;
-                if now >= deadline {
-                    break format!("idle for {} s", idle.as_secs());
-                }
-                if now >= next_retarget {
-                    next_retarget = now + RETARGET_EVERY;
-                    if s.ready() && !s.fixed {
-                        if let Some(d) = s.vardiff.retarget(now_ms()) {
-                            if let Err(e) = s.difficulty_changed(d).await {
-                                break format!("write failed: {e}");
+                    if now >= next_retarget {
+                        next_retarget = now + RETARGET_EVERY;
+                        if s.ready() && !s.fixed {
+                            if let Some(d) = s.vardiff.retarget(now_ms()) {
+                                if let Err(e) = s.difficulty_changed(d).await {
+                                    break format!("write failed: {e}");
+                                }
                             }
                         }
                     }
+                    idle_timer.as_mut().reset(deadline.min(next_retarget));
                 }
-                idle_timer.as_mut().reset(deadline.min(next_retarget));
             }
+        };
+        if reason.starts_with("protocol violation") {
+            tracing::info!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
+        } else {
+            tracing::debug!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
         }
-    };
-    if reason.starts_with("protocol violation") {
-        tracing::info!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
-    } else {
-        tracing::debug!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
-    }
-    s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-    s.group.miners.fetch_sub(1, Ordering::Relaxed);
-    if let Some(p) = &s.prefix {
-        s.group.prefixes.lock().expect("prefix lock").release(p);
+        s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        s.group.miners.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = &s.prefix {
+            s.group.prefixes.lock().expect("prefix lock").release(p);
+        }
     }
 }
 

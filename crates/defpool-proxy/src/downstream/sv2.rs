@@ -5,6 +5,7 @@
 //! last resort when an extended channel cannot follow a switch.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use defpool_stratum::sv2::{
 };
 use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::{forward, share_target, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
@@ -155,6 +156,8 @@ struct Session {
     next_channel: u32,
     version_rolling: bool,
     closing: Option<String>,
+    /// The port's connection limit, released when the session ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Difficulty (stratum convention) at which `hashrate` makes `per_minute` shares.
@@ -169,29 +172,62 @@ fn difficulty_for(
     })
 }
 
-pub async fn serve(
+/// Serves one SV2 connection until it ends, holding `permit` (the port's connection limit) as
+/// long.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     port: Arc<PortSettings>,
     ctx: Arc<Context>,
     group: Arc<GroupShared>,
     keys: Arc<AuthorityKeypair>,
-) {
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    // The handshake takes the arguments and is boxed: a task keeps room for its future's
+    // arguments (and for the handshake's state) for as long as the connection lives, where
+    // they are needed only until the handshake is done.
+    let started = Box::pin(handshake(stream, peer, port, ctx, group, keys, permit));
+    async move {
+        let Some((mut s, mut reader)) = started.await else {
+            return;
+        };
+        // One task per connection: the session reads the frames itself (`Sv2Reader::recv` is
+        // cancel-safe), no reader task and message channel per idle miner.
+        s.group.miners.fetch_add(1, Ordering::Relaxed);
+        let reason = s.run(&mut reader).await;
+        if reason.starts_with("protocol violation") {
+            tracing::info!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+        } else {
+            tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
+        }
+        s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        s.group.miners.fetch_sub(1, Ordering::Relaxed);
+        let mut prefixes = s.group.prefixes.lock().expect("prefix lock");
+        for ch in s.channels.values() {
+            prefixes.release(&ch.prefix);
+        }
+    }
+}
+
+/// The Noise handshake; the session and its reader, or `None` (logged and counted) if it
+/// failed.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: Arc<PortSettings>,
+    ctx: Arc<Context>,
+    group: Arc<GroupShared>,
+    keys: Arc<AuthorityKeypair>,
+    permit: OwnedSemaphorePermit,
+) -> Option<(Session, Sv2Reader)> {
     let limits = FrameLimits {
         max_frame_bytes: port.max_message_bytes,
     };
-    // Boxed: the handshake's state is freed once it is done instead of sizing the session's
-    // task (every idle connection) for it.
-    let conn = match Box::pin(sv2::accept_with_timeout(
-        stream,
-        &keys,
-        CERT_VALIDITY,
-        limits,
-        Duration::from_secs(5),
-    ))
-    .await
-    {
-        Ok(c) => c,
+    let conn =
+        sv2::accept_with_timeout(stream, &keys, CERT_VALIDITY, limits, Duration::from_secs(5))
+            .await;
+    let (reader, writer) = match conn {
+        Ok(c) => c.into_split(),
         Err(e) => {
             if e.is_protocol_violation() {
                 ctx.counters
@@ -200,13 +236,10 @@ pub async fn serve(
             }
             tracing::info!(peer = %peer, error = %e, "SV2 handshake failed; closing that connection");
             ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
     };
-    // One task per connection: the session reads the frames itself (`Sv2Reader::recv` is
-    // cancel-safe), no reader task and message channel per idle miner.
-    let (mut reader, writer) = conn.into_split();
-    let mut s = Session {
+    let session = Session {
         ctx,
         group,
         port,
@@ -216,20 +249,9 @@ pub async fn serve(
         next_channel: GROUP_CHANNEL_ID + 1,
         version_rolling: false,
         closing: None,
+        _permit: permit,
     };
-    s.group.miners.fetch_add(1, Ordering::Relaxed);
-    let reason = s.run(&mut reader).await;
-    if reason.starts_with("protocol violation") {
-        tracing::info!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
-    } else {
-        tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
-    }
-    s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-    s.group.miners.fetch_sub(1, Ordering::Relaxed);
-    let mut prefixes = s.group.prefixes.lock().expect("prefix lock");
-    for ch in s.channels.values() {
-        prefixes.release(&ch.prefix);
-    }
+    Some((session, reader))
 }
 
 impl Session {
@@ -322,12 +344,14 @@ impl Session {
                 return why;
             }
             let r = tokio::select! {
-                m = reader.recv() => match m {
+                // The message boxed as it arrives: `select!` keeps its branches' output in
+                // the task across the awaits below, and a message inline is 136 bytes.
+                m = std::future::poll_fn(|cx| reader.poll_recv(cx).map_ok(Box::new)) => match m {
                     Ok(m) => {
                         last_activity = tokio::time::Instant::now();
                         // Boxed: the share path's futures (verifier, outbox) would otherwise
                         // size the task of every idle connection.
-                        Box::pin(self.on_message(m)).await
+                        Box::pin(self.on_message(*m)).await
                     }
                     Err(Sv2Error::Closed) => return "miner closed the connection".into(),
                     Err(e) => return self.violation(&e),
@@ -340,7 +364,7 @@ impl Session {
                     match t {
                         Some(t) => self.broadcast(t).await,
                         None if self.ctx.close_without_work => {
-                            return self.close_all(NO_WORK).await;
+                            return Box::pin(self.close_all(NO_WORK)).await;
                         }
                         None => Ok(()),
                     }
@@ -357,7 +381,9 @@ impl Session {
                     }
                     idle_timer.as_mut().reset(deadline.min(next_retarget));
                     if due && !self.channels.is_empty() {
-                        self.retarget_all().await
+                        // Boxed, as the share path: once a minute, and its futures would
+                        // otherwise size every idle connection's task.
+                        Box::pin(self.retarget_all()).await
                     } else {
                         Ok(())
                     }

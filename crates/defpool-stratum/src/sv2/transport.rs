@@ -13,6 +13,7 @@
 
 use std::{
     net::SocketAddr,
+    task::{ready, Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -149,7 +150,8 @@ pub struct Sv2Reader {
     /// The decrypted header of the frame whose payload is still arriving.
     header: Option<Header>,
     /// A message read during the handshake (the responder reads the initiator's first one).
-    pending: Option<Message>,
+    /// Boxed: a message is about 140 bytes, kept in every connection only for this.
+    pending: Option<Box<Message>>,
 }
 
 impl std::fmt::Debug for Sv2Reader {
@@ -180,20 +182,31 @@ impl Sv2Reader {
     /// and [`Sv2Error::BadPayload`] the stream is unusable; after those three the frame was
     /// consumed whole, so a lenient caller could go on, but the SV2 answer is to close.
     pub async fn recv(&mut self) -> Result<Message, Sv2Error> {
+        // A poll function rather than nested `async fn`s: every state lives in `self`, so the
+        // future a session waits on is a pointer wide instead of about 260 bytes of nested
+        // futures, in the task of every idle connection.
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Sv2Reader::recv`] as a poll function.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, Sv2Error>> {
         if let Some(message) = self.pending.take() {
-            return Ok(message);
+            return Poll::Ready(Ok(*message));
         }
-        let (header, payload) = self.recv_frame().await?;
-        decode_frame_payload(header.msg_type(), header.ext_type(), &payload)
+        let (header, payload) = ready!(self.poll_frame(cx))?;
+        Poll::Ready(decode_frame_payload(
+            header.msg_type(),
+            header.ext_type(),
+            &payload,
+        ))
     }
 
     /// The next frame's header and decrypted payload, not decoded.
-    async fn recv_frame(&mut self) -> Result<(Header, Vec<u8>), Sv2Error> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<(Header, Vec<u8>), Sv2Error>> {
         let header = match self.header {
             Some(header) => header,
             None => {
-                self.fill(ENCRYPTED_HEADER_SIZE, true).await?;
-                // No await from here until `self.header` is set: cancel-safe.
+                ready!(self.poll_fill(cx, ENCRYPTED_HEADER_SIZE, true))?;
                 let mut bytes = self.buf[..ENCRYPTED_HEADER_SIZE].to_vec();
                 self.buf.drain(..ENCRYPTED_HEADER_SIZE);
                 self.cipher.decrypt(&mut bytes)?;
@@ -202,17 +215,17 @@ impl Sv2Reader {
                     detail: format!("{e:?}"),
                 })?;
                 if header.payload_length() > self.limits.max_frame_bytes {
-                    return Err(Sv2Error::FrameTooLarge {
+                    return Poll::Ready(Err(Sv2Error::FrameTooLarge {
                         declared: header.payload_length(),
                         limit: self.limits.max_frame_bytes,
-                    });
+                    }));
                 }
                 self.header = Some(header);
                 header
             }
         };
         let encrypted_len = encrypted_payload_length(&header);
-        self.fill(encrypted_len, false).await?;
+        ready!(self.poll_fill(cx, encrypted_len, false))?;
         let mut payload = Vec::with_capacity(header.payload_length());
         for chunk in self.buf[..encrypted_len].chunks(SV2_FRAME_CHUNK_SIZE) {
             let mut chunk = chunk.to_vec();
@@ -224,30 +237,40 @@ impl Sv2Reader {
             self.buf = Vec::new();
         }
         self.header = None;
-        Ok((header, payload))
+        Poll::Ready(Ok((header, payload)))
     }
 
-    /// Reads until `need` bytes are buffered. Cancel-safe (`readable` only waits, and
-    /// `try_read_buf` either appends or not). Waits for data before reserving room for it, so
+    /// Reads until `need` bytes are buffered. Waits for data before reserving room for it, so
     /// an idle connection holds no read buffer.
-    async fn fill(&mut self, need: usize, at_frame_boundary: bool) -> Result<(), Sv2Error> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        need: usize,
+        at_frame_boundary: bool,
+    ) -> Poll<Result<(), Sv2Error>> {
         while self.buf.len() < need {
-            self.io.readable().await?;
+            ready!(self.io.as_ref().poll_read_ready(cx))?;
             self.buf.reserve((need - self.buf.len()).max(READ_CHUNK));
             let n = match self.io.try_read_buf(&mut self.buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A spurious wake-up: the readiness is cleared, the next poll waits.
+                    if self.buf.is_empty() {
+                        self.buf = Vec::new();
+                    }
+                    continue;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
             };
             if n == 0 {
-                return Err(if at_frame_boundary && self.buf.is_empty() {
+                return Poll::Ready(Err(if at_frame_boundary && self.buf.is_empty() {
                     Sv2Error::Closed
                 } else {
                     std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()
-                });
+                }));
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -459,7 +482,7 @@ pub async fn accept_with_timeout(
         wr.write_all(&reply).await?;
         let mut reader = Sv2Reader::new(rd, RecvCipher::Own(ciphers.decryptor), limits, buf);
         let first = reader.recv().await?;
-        reader.pending = Some(first);
+        reader.pending = Some(Box::new(first));
         Ok(Sv2Connection {
             reader,
             writer: Sv2Writer::new(wr, SendCipher::Own(ciphers.encryptor)),
