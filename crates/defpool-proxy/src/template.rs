@@ -258,6 +258,12 @@ impl JobTemplate {
             && Arc::ptr_eq(&self.upstream, &previous.upstream)
     }
 
+    /// Whether this template is a routine update of `previous`: the same block and upstream and
+    /// not marked clean, so work on `previous` stays valid and the new job is not urgent.
+    pub fn is_routine_update_of(&self, previous: &JobTemplate) -> bool {
+        !self.clean && self.continues(previous)
+    }
+
     /// For a channel that rolls `rolled` bytes (after its prefix): the padding between the
     /// upstream's prefix and the miner's, or `None` if the upstream's space is too small.
     pub fn pad_for(&self, rolled: usize) -> Option<usize> {

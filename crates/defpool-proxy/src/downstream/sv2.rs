@@ -21,7 +21,7 @@ use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::{forward, share_target, RETARGET_EVERY};
+use super::{forward, share_target, update_delay, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_username, MinerIdentity};
@@ -155,9 +155,21 @@ struct Session {
     channels: ChannelMap,
     next_channel: u32,
     version_rolling: bool,
+    /// A routine update waiting for this session's turn (see `UPDATE_SPREAD`), and when that
+    /// comes (on the session's one timer).
+    update: Option<(Arc<JobTemplate>, tokio::time::Instant)>,
     closing: Option<String>,
     /// The port's connection limit, released when the session ends.
     _permit: OwnedSemaphorePermit,
+}
+
+/// What woke an SV2 session.
+enum Wake {
+    /// Boxed, both: this value stays in the task while the session handles it.
+    Message(Result<Box<Message>, Box<Sv2Error>>),
+    /// The group's template changed (`false`: the proxy is shutting down).
+    Templates(bool),
+    Timer,
 }
 
 /// Difficulty (stratum convention) at which `hashrate` makes `per_minute` shares.
@@ -248,6 +260,7 @@ async fn handshake(
         channels: ChannelMap::default(),
         next_channel: GROUP_CHANNEL_ID + 1,
         version_rolling: false,
+        update: None,
         closing: None,
         _permit: permit,
     };
@@ -343,50 +356,93 @@ impl Session {
             if let Some(why) = self.closing.take() {
                 return why;
             }
-            let r = tokio::select! {
-                // The message boxed as it arrives: `select!` keeps its branches' output in
-                // the task across the awaits below, and a message inline is 136 bytes.
-                m = std::future::poll_fn(|cx| reader.poll_recv(cx).map_ok(Box::new)) => match m {
+            // What woke the session, handled after the `select!`: awaiting inside its branches
+            // would keep their outputs in the task beside the futures awaited. The message is
+            // boxed as it arrives (136 bytes inline).
+            let wake = tokio::select! {
+                m = std::future::poll_fn(|cx| reader.poll_recv(cx).map_ok(Box::new).map_err(Box::new)) => Wake::Message(m),
+                changed = templates.changed(), if !self.channels.is_empty() => Wake::Templates(changed.is_ok()),
+                _ = &mut idle_timer => Wake::Timer,
+            };
+            let r = match wake {
+                Wake::Message(m) => match m {
                     Ok(m) => {
                         last_activity = tokio::time::Instant::now();
                         // Boxed: the share path's futures (verifier, outbox) would otherwise
                         // size the task of every idle connection.
                         Box::pin(self.on_message(*m)).await
                     }
-                    Err(Sv2Error::Closed) => return "miner closed the connection".into(),
+                    Err(e) if matches!(*e, Sv2Error::Closed) => {
+                        return "miner closed the connection".into()
+                    }
                     Err(e) => return self.violation(&e),
                 },
-                changed = templates.changed(), if !self.channels.is_empty() => {
-                    if changed.is_err() {
-                        return "proxy shutting down".into();
-                    }
+                Wake::Templates(false) => return "proxy shutting down".into(),
+                Wake::Templates(true) => {
                     let t = templates.borrow_and_update().clone();
                     match t {
-                        Some(t) => self.broadcast(t).await,
+                        Some(t)
+                            if self.channels.values().all(|c| {
+                                c.current
+                                    .as_ref()
+                                    .is_some_and(|cur| t.is_routine_update_of(cur))
+                            }) =>
+                        {
+                            // Not urgent: sent when the session's turn in the spread comes.
+                            match &mut self.update {
+                                Some((waiting, _)) => *waiting = t,
+                                None => {
+                                    let due =
+                                        tokio::time::Instant::now() + update_delay(&self.peer);
+                                    self.update = Some((t, due));
+                                    if due < idle_timer.deadline() {
+                                        idle_timer.as_mut().reset(due);
+                                    }
+                                }
+                            }
+                            Ok(())
+                        }
+                        Some(t) => {
+                            self.update = None;
+                            self.broadcast(t).await
+                        }
                         None if self.ctx.close_without_work => {
                             return Box::pin(self.close_all(NO_WORK)).await;
                         }
                         None => Ok(()),
                     }
                 }
-                _ = &mut idle_timer => {
+                Wake::Timer => {
                     let now = tokio::time::Instant::now();
                     let deadline = last_activity + idle;
                     if now >= deadline {
                         return format!("idle for {} s", idle.as_secs());
                     }
-                    let due = now >= next_retarget;
-                    if due {
+                    let retarget = now >= next_retarget;
+                    if retarget {
                         next_retarget = now + RETARGET_EVERY;
                     }
-                    idle_timer.as_mut().reset(deadline.min(next_retarget));
-                    if due && !self.channels.is_empty() {
-                        // Boxed, as the share path: once a minute, and its futures would
-                        // otherwise size every idle connection's task.
-                        Box::pin(self.retarget_all()).await
-                    } else {
-                        Ok(())
+                    let update = match self.update {
+                        Some((_, due)) if now >= due => self.update.take().map(|(t, _)| t),
+                        _ => None,
+                    };
+                    let next = deadline.min(next_retarget);
+                    idle_timer.as_mut().reset(
+                        self.update
+                            .as_ref()
+                            .map_or(next, |(_, due)| (*due).min(next)),
+                    );
+                    let mut r = Ok(());
+                    if let Some(t) = update {
+                        // Boxed: inline beside the timer's locals it would grow every task.
+                        r = Box::pin(self.broadcast(t)).await;
                     }
+                    if r.is_ok() && retarget && !self.channels.is_empty() {
+                        // Boxed, as the share path: every ten seconds at most, and its futures
+                        // would otherwise size every idle connection's task.
+                        r = Box::pin(self.retarget_all()).await;
+                    }
+                    r
                 }
             };
             if let Err(e) = r {
@@ -690,7 +746,13 @@ impl Session {
     }
 
     async fn broadcast(&mut self, t: Arc<JobTemplate>) -> Result<(), String> {
-        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        // A channel opened while `t` waited as a routine update was given it already.
+        let ids: Vec<u32> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.current.as_ref().is_none_or(|cur| cur.seq != t.seq))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.queue_job(id, t.clone(), false)?;
         }
