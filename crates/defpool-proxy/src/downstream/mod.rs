@@ -4,12 +4,15 @@ pub mod sv1;
 pub mod sv2;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use defpool_core::share::{CheckedShare, Reject, ShareClass};
 use defpool_core::work::Target;
 
+use crate::context::Context;
+use crate::group::GroupShared;
 use crate::template::JobTemplate;
 use crate::upstream::UpstreamShare;
 
@@ -63,6 +66,24 @@ pub const UPDATE_SPREAD: Duration = Duration::from_millis(100);
 pub fn update_delay(peer: &SocketAddr) -> Duration {
     let spread = UPDATE_SPREAD.as_micros() as u64;
     Duration::from_micros((peer.port() as u64).wrapping_mul(2_654_435_761) % spread)
+}
+
+/// Logs and counts the end of a miner's session (`protocol`: "SV1" or "SV2"). Protocol
+/// violations are logged at info, ordinary ends at debug.
+fn session_ended(
+    protocol: &str,
+    peer: &SocketAddr,
+    reason: &str,
+    ctx: &Context,
+    group: &GroupShared,
+) {
+    if reason.starts_with("protocol violation") {
+        tracing::info!(peer = %peer, reason = %reason, "{protocol} miner disconnected");
+    } else {
+        tracing::debug!(peer = %peer, reason = %reason, "{protocol} miner disconnected");
+    }
+    ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+    group.miners.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// A share target for a stratum difficulty, falling back to the easiest valid one.

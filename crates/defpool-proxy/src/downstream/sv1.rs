@@ -21,7 +21,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::{forward, share_target, sv1_reject, update_delay, RETARGET_EVERY};
+use super::{forward, session_ended, share_target, sv1_reject, update_delay, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_password, parse_username, MinerIdentity};
@@ -226,13 +226,7 @@ pub fn serve(
                 }
             }
         };
-        if reason.starts_with("protocol violation") {
-            tracing::info!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
-        } else {
-            tracing::debug!(peer = %s.peer, reason = %reason, "SV1 miner disconnected");
-        }
-        s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-        s.group.miners.fetch_sub(1, Ordering::Relaxed);
+        session_ended("SV1", &s.peer, &reason, &s.ctx, &s.group);
         if let Some(p) = &s.prefix {
             s.group.prefixes.lock().expect("prefix lock").release(p);
         }

@@ -21,7 +21,7 @@ use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::{forward, share_target, update_delay, RETARGET_EVERY};
+use super::{forward, session_ended, share_target, update_delay, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_username, MinerIdentity};
@@ -207,13 +207,7 @@ pub fn serve(
         // cancel-safe), no reader task and message channel per idle miner.
         s.group.miners.fetch_add(1, Ordering::Relaxed);
         let reason = s.run(&mut reader).await;
-        if reason.starts_with("protocol violation") {
-            tracing::info!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
-        } else {
-            tracing::debug!(peer = %s.peer, reason = %reason, "SV2 miner disconnected");
-        }
-        s.ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-        s.group.miners.fetch_sub(1, Ordering::Relaxed);
+        session_ended("SV2", &s.peer, &reason, &s.ctx, &s.group);
         let mut prefixes = s.group.prefixes.lock().expect("prefix lock");
         for ch in s.channels.values() {
             prefixes.release(&ch.prefix);
