@@ -672,11 +672,19 @@ impl Sv1Miner<'_> {
                         self.extranonce1 = en1;
                         self.extranonce2_size = size;
                     }
+                    let coin = Work::coin_of(&n.coinbase1, &n.coinbase2);
+                    if !self.ctx.opts.hash {
+                        // An idle miner (the rss and switch phases) only counts its jobs and
+                        // notices the coin: building the work was most of its cost per job,
+                        // on the cores the proxy's fan-out needs.
+                        stats.job(self.ctx, &coin);
+                        self.job_id = n.job_id;
+                        return None;
+                    }
                     let target =
                         Target::from_stratum_difficulty(self.difficulty, self.ctx.opts.algorithm)
                             .unwrap_or(Target::MAX);
                     let mut prefix = n.coinbase1;
-                    let coin = Work::coin_of(&prefix, &n.coinbase2);
                     prefix.extend_from_slice(&self.extranonce1);
                     let work = Work {
                         algorithm: self.ctx.opts.algorithm,

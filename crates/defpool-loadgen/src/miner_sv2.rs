@@ -94,18 +94,35 @@ impl Sv2Miner<'_> {
         let Some((prev_hash, nbits)) = self.prev else {
             return;
         };
-        let target = self.target;
-        let work = match &spec {
-            JobSpec::Extended {
-                version,
-                rolling,
-                merkle_path,
-                prefix,
-                suffix,
-                extranonce_size,
-            } => {
-                let coin = Work::coin_of(prefix, suffix);
-                Work {
+        let coin = match &spec {
+            JobSpec::Extended { prefix, suffix, .. } => Work::coin_of(prefix, suffix),
+            JobSpec::Standard { .. } => None,
+        };
+        if !restart {
+            if coin.is_some() || !self.standard {
+                stats.job(self.ctx, &coin);
+            } else {
+                // A standard job carries no coinbase: a new block marks the switch.
+                stats.jobs += 1;
+                if new_block {
+                    stats.switch_point(self.ctx);
+                }
+            }
+        }
+        // An idle miner (the rss and switch phases) only counts its jobs: building the work
+        // (copies of the coinbase parts and merkle path) was most of its cost per job, on
+        // the cores the proxy's fan-out needs.
+        if self.ctx.opts.hash {
+            let target = self.target;
+            let work = match &spec {
+                JobSpec::Extended {
+                    version,
+                    rolling,
+                    merkle_path,
+                    prefix,
+                    suffix,
+                    extranonce_size,
+                } => Work {
                     algorithm: self.ctx.opts.algorithm,
                     version: *version,
                     version_mask: if *rolling && self.rolling {
@@ -123,42 +140,31 @@ impl Sv2Miner<'_> {
                     nbits,
                     target,
                     work: target.work(),
-                    coin,
-                }
-            }
-            JobSpec::Standard {
-                version,
-                merkle_root,
-            } => Work {
-                algorithm: self.ctx.opts.algorithm,
-                version: *version,
-                version_mask: if self.rolling { ROLL_MASK } else { 0 },
-                prev_hash,
-                coinbase_prefix: Vec::new(),
-                coinbase_suffix: Vec::new(),
-                extranonce_size: 0,
-                merkle_branch: Vec::new(),
-                merkle_root: Some(*merkle_root),
-                ntime,
-                nbits,
-                target,
-                work: target.work(),
-                coin: None,
-            },
-        };
-        if !restart {
-            if work.coin.is_some() || !self.standard {
-                stats.job(self.ctx, &work.coin);
-            } else {
-                // A standard job carries no coinbase: a new block marks the switch.
-                stats.jobs += 1;
-                if new_block {
-                    stats.switch_point(self.ctx);
-                }
-            }
+                    coin: coin.clone(),
+                },
+                JobSpec::Standard {
+                    version,
+                    merkle_root,
+                } => Work {
+                    algorithm: self.ctx.opts.algorithm,
+                    version: *version,
+                    version_mask: if self.rolling { ROLL_MASK } else { 0 },
+                    prev_hash,
+                    coinbase_prefix: Vec::new(),
+                    coinbase_suffix: Vec::new(),
+                    extranonce_size: 0,
+                    merkle_branch: Vec::new(),
+                    merkle_root: Some(*merkle_root),
+                    ntime,
+                    nbits,
+                    target,
+                    work: target.work(),
+                    coin: None,
+                },
+            };
+            let seed = ((self.index as u64) << 24) ^ stats.jobs;
+            self.search = Some(Search::new(Arc::new(work), seed));
         }
-        let seed = ((self.index as u64) << 24) ^ stats.jobs;
-        self.search = Some(Search::new(Arc::new(work), seed));
         self.current = Some((job_id, spec, ntime));
     }
 
