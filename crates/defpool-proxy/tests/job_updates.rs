@@ -1,6 +1,6 @@
 //! Routine job updates (same block, same upstream, not clean) reach every miner, a little later
-//! than new blocks: each session waits for its turn in a short spread instead of all sessions
-//! writing at once (see `UPDATE_SPREAD`).
+//! than new blocks: the group hands them to its sessions slice by slice over a short spread
+//! instead of waking every session at once (see `UPDATE_SPREAD`).
 
 mod common;
 

@@ -21,7 +21,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::{forward, session_ended, share_target, sv1_reject, update_delay, RETARGET_EVERY};
+use super::{forward, session_ended, share_target, sv1_reject, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_password, parse_username, MinerIdentity};
@@ -65,8 +65,6 @@ struct Session {
     resends: u32,
     current: Option<Arc<JobTemplate>>,
     seen_epoch: u64,
-    /// A routine update waiting for this session's turn (see `UPDATE_SPREAD`).
-    update: Option<Arc<JobTemplate>>,
     closing: Option<&'static str>,
     /// The port's connection limit, released when the session ends.
     _permit: OwnedSemaphorePermit,
@@ -88,8 +86,7 @@ pub fn serve(
     let (read, write) = stream.into_split();
     // No read buffer while idle (a BufReader's would stay allocated on every idle miner).
     let mut lines = LineReader::new(ReleasingReader::new(read), port.max_message_bytes);
-    let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = group.templates.clone();
-    templates.mark_unchanged();
+    let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = group.subscribe(&peer);
     let now = now_ms();
     let mut s = Session {
         vardiff: Vardiff::new(
@@ -118,7 +115,6 @@ pub fn serve(
         resends: 0,
         current: None,
         seen_epoch: 0,
-        update: None,
         closing: None,
         _permit: permit,
     };
@@ -136,8 +132,6 @@ pub fn serve(
         let mut next_retarget = last_activity + RETARGET_EVERY;
         let idle_timer = tokio::time::sleep_until((last_activity + idle).min(next_retarget));
         tokio::pin!(idle_timer);
-        // When the routine update waiting in `s.update` is due (the same timer).
-        let mut update_due: Option<tokio::time::Instant> = None;
         let reason: String = loop {
             if let Some(why) = s.closing {
                 break why.to_string();
@@ -172,27 +166,18 @@ pub fn serve(
                         }
                     }
                 }
+                // Templates through this session's slice: new blocks and switches at once,
+                // routine updates at the slice's turn (see `UPDATE_SPREAD`).
                 changed = templates.changed(), if s.ready() => {
                     if changed.is_err() {
                         break "proxy shutting down".into();
                     }
                     let t = templates.borrow_and_update().clone();
-                    let Some(t) = t else { continue };
-                    if s.current.as_ref().is_some_and(|c| t.is_routine_update_of(c)) {
-                        // Not urgent: sent when the session's turn in the spread comes.
-                        if s.update.replace(t).is_none() {
-                            let due = tokio::time::Instant::now() + update_delay(&s.peer);
-                            update_due = Some(due);
-                            if due < idle_timer.deadline() {
-                                idle_timer.as_mut().reset(due);
-                            }
+                    // Not if the session has it or a newer one already (it started since).
+                    if let Some(t) = t.filter(|t| s.current.as_ref().is_none_or(|c| c.seq < t.seq)) {
+                        if let Err(e) = s.send_job(t, false).await {
+                            break format!("write failed: {e}");
                         }
-                        continue;
-                    }
-                    s.update = None;
-                    update_due = None;
-                    if let Err(e) = s.send_job(t, false).await {
-                        break format!("write failed: {e}");
                     }
                 }
                 _ = &mut idle_timer => {
@@ -200,16 +185,6 @@ pub fn serve(
                     let deadline = last_activity + idle;
                     if now >= deadline {
                         break format!("idle for {} s", idle.as_secs());
-                    }
-                    if update_due.is_some_and(|due| now >= due) {
-                        update_due = None;
-                        let update = s.update.take();
-                        // Sent unless the session has it already (a re-sent current job).
-                        if let Some(t) = update.filter(|t| s.current.as_ref().is_none_or(|c| c.seq != t.seq)) {
-                            if let Err(e) = s.send_job(t, false).await {
-                                break format!("write failed: {e}");
-                            }
-                        }
                     }
                     if now >= next_retarget {
                         next_retarget = now + RETARGET_EVERY;
@@ -221,8 +196,7 @@ pub fn serve(
                             }
                         }
                     }
-                    let next = deadline.min(next_retarget);
-                    idle_timer.as_mut().reset(update_due.map_or(next, |due| due.min(next)));
+                    idle_timer.as_mut().reset(deadline.min(next_retarget));
                 }
             }
         };

@@ -21,7 +21,7 @@ use defpool_stratum::vardiff::Vardiff;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::{forward, session_ended, share_target, update_delay, RETARGET_EVERY};
+use super::{forward, session_ended, share_target, RETARGET_EVERY};
 use crate::context::{Context, PortSettings};
 use crate::group::{now_ms, GroupShared};
 use crate::identity::{parse_username, MinerIdentity};
@@ -155,9 +155,6 @@ struct Session {
     channels: ChannelMap,
     next_channel: u32,
     version_rolling: bool,
-    /// A routine update waiting for this session's turn (see `UPDATE_SPREAD`), and when that
-    /// comes (on the session's one timer).
-    update: Option<(Arc<JobTemplate>, tokio::time::Instant)>,
     closing: Option<String>,
     /// The port's connection limit, released when the session ends.
     _permit: OwnedSemaphorePermit,
@@ -167,7 +164,7 @@ struct Session {
 enum Wake {
     /// Boxed, both: this value stays in the task while the session handles it.
     Message(Result<Box<Message>, Box<Sv2Error>>),
-    /// The group's template changed (`false`: the proxy is shutting down).
+    /// The session's slice has a new template (`false`: the proxy is shutting down).
     Templates(bool),
     Timer,
 }
@@ -254,7 +251,6 @@ async fn handshake(
         channels: ChannelMap::default(),
         next_channel: GROUP_CHANNEL_ID + 1,
         version_rolling: false,
-        update: None,
         closing: None,
         _permit: permit,
     };
@@ -337,8 +333,10 @@ impl Session {
 
     /// Channels, jobs and shares until the connection ends; the reason.
     async fn serve_channels(&mut self, reader: &mut Sv2Reader) -> String {
-        let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> = self.group.templates.clone();
-        templates.mark_unchanged();
+        // Templates through this session's slice: new blocks and switches at once, routine
+        // updates at the slice's turn (see `UPDATE_SPREAD`).
+        let mut templates: watch::Receiver<Option<Arc<JobTemplate>>> =
+            self.group.subscribe(&self.peer);
         let idle = self.port.idle_timeout;
         // One timer for the idle deadline and the retarget, re-armed only when it fires (see
         // the SV1 session).
@@ -375,31 +373,7 @@ impl Session {
                 Wake::Templates(true) => {
                     let t = templates.borrow_and_update().clone();
                     match t {
-                        Some(t)
-                            if self.channels.values().all(|c| {
-                                c.current
-                                    .as_ref()
-                                    .is_some_and(|cur| t.is_routine_update_of(cur))
-                            }) =>
-                        {
-                            // Not urgent: sent when the session's turn in the spread comes.
-                            match &mut self.update {
-                                Some((waiting, _)) => *waiting = t,
-                                None => {
-                                    let due =
-                                        tokio::time::Instant::now() + update_delay(&self.peer);
-                                    self.update = Some((t, due));
-                                    if due < idle_timer.deadline() {
-                                        idle_timer.as_mut().reset(due);
-                                    }
-                                }
-                            }
-                            Ok(())
-                        }
-                        Some(t) => {
-                            self.update = None;
-                            self.broadcast(t).await
-                        }
+                        Some(t) => self.broadcast(t).await,
                         None if self.ctx.close_without_work => {
                             return Box::pin(self.close_all(NO_WORK)).await;
                         }
@@ -416,27 +390,14 @@ impl Session {
                     if retarget {
                         next_retarget = now + RETARGET_EVERY;
                     }
-                    let update = match self.update {
-                        Some((_, due)) if now >= due => self.update.take().map(|(t, _)| t),
-                        _ => None,
-                    };
-                    let next = deadline.min(next_retarget);
-                    idle_timer.as_mut().reset(
-                        self.update
-                            .as_ref()
-                            .map_or(next, |(_, due)| (*due).min(next)),
-                    );
-                    let mut r = Ok(());
-                    if let Some(t) = update {
-                        // Boxed: inline beside the timer's locals it would grow every task.
-                        r = Box::pin(self.broadcast(t)).await;
-                    }
-                    if r.is_ok() && retarget && !self.channels.is_empty() {
+                    idle_timer.as_mut().reset(deadline.min(next_retarget));
+                    if retarget && !self.channels.is_empty() {
                         // Boxed, as the share path: every ten seconds at most, and its futures
                         // would otherwise size every idle connection's task.
-                        r = Box::pin(self.retarget_all()).await;
+                        Box::pin(self.retarget_all()).await
+                    } else {
+                        Ok(())
                     }
-                    r
                 }
             };
             if let Err(e) = r {
@@ -740,11 +701,12 @@ impl Session {
     }
 
     async fn broadcast(&mut self, t: Arc<JobTemplate>) -> Result<(), String> {
-        // A channel opened while `t` waited as a routine update was given it already.
+        // Not to a channel that has `t` or a newer template already (one opened while a
+        // routine update was on its way through the slices).
         let ids: Vec<u32> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.current.as_ref().is_none_or(|cur| cur.seq != t.seq))
+            .filter(|(_, c)| c.current.as_ref().is_none_or(|cur| cur.seq < t.seq))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
