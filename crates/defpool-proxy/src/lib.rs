@@ -3,7 +3,8 @@
 //! * [`downstream`]: SV1 and SV2 miner sessions, one task each.
 //! * [`upstream`]: pool and coin-adapter connections, one task each.
 //! * [`group`]: per algorithm group, the router that applies assignments, switches and fails
-//!   over, and publishes job templates to every miner at once (a `watch` channel).
+//!   over, and publishes job templates through `watch` channels: new blocks and switches to
+//!   every miner at once, routine updates slice by slice over 100 ms.
 //! * [`layout`]: the extranonce fold that keeps a miner's extranonce the same across coins.
 //! * [`outbox`]: the durable local queue a share enters before the miner hears "accepted".
 //! * [`admin`]: the loopback admin endpoint (assignments, status).
