@@ -78,14 +78,20 @@ fn slice_of(port: u16, slices: usize) -> usize {
 
 type Slices = Arc<[watch::Sender<Option<Arc<JobTemplate>>>]>;
 
+/// Whether a slice holding the template `current` (its `seq`; `None`: no work) takes
+/// `offered`: a newer template, or no work, always; an older or the same one never.
+fn slice_takes(current: Option<u64>, offered: Option<u64>) -> bool {
+    match (current, offered) {
+        (Some(current), Some(offered)) => offered > current,
+        _ => true,
+    }
+}
+
 /// Offers `t` to a slice: taken if it is newer than the slice's (or no work), so a round of
 /// the spread that raced a newer template cannot move a slice back.
 fn offer(slice: &watch::Sender<Option<Arc<JobTemplate>>>, t: &Option<Arc<JobTemplate>>) {
     slice.send_if_modified(|current| {
-        let newer = match (current.as_ref(), t) {
-            (Some(old), Some(new)) => new.seq > old.seq,
-            _ => true,
-        };
+        let newer = slice_takes(current.as_ref().map(|c| c.seq), t.as_ref().map(|t| t.seq));
         if newer {
             *current = t.clone();
         }
@@ -864,6 +870,17 @@ pub fn load_assignment(path: &std::path::Path) -> Option<Assignment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slice only moves forward: a spreading round that raced a newer template (published to
+    /// every slice at once) cannot hand a slice the older one after it.
+    #[test]
+    fn slices_take_only_newer_templates_or_no_work() {
+        assert!(slice_takes(None, Some(1)), "work after no work");
+        assert!(slice_takes(Some(4), Some(5)), "a newer template");
+        assert!(!slice_takes(Some(5), Some(4)), "an older template");
+        assert!(!slice_takes(Some(5), Some(5)), "the same template twice");
+        assert!(slice_takes(Some(5), None), "no work");
+    }
 
     /// Consecutive ports (a loadgen's, a farm's NAT) spread evenly over the routine-update
     /// slices: 2,000 of them put 100 ± 25 sessions in each of the 20.
