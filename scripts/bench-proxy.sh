@@ -41,6 +41,8 @@
 #   BENCH_QUIET_WAIT=S   before each phase wait up to S seconds (default 15) for the machine to
 #                        be quiet (CPU pressure "some avg10" below 20 %); 0 disables
 #   BENCH_RATE=N         shares/s offered in the throughput and floor phases (default 20000)
+#   BENCH_LOADGEN_THREADS=N  worker threads of the simulated miners' runtime (default: one per
+#                        core, as Tokio sets it)
 #   BENCH_COMMIT_MS=N    the proxy's outbox_commit_interval_ms (default: the product's, 1 ms;
 #                        0 commits at once)
 #   BENCH_PERF=1         also `perf record -g` the proxy during each phase's measured window
@@ -277,7 +279,7 @@ stop_all() {
 miners_bg() {
   local name=$1
   shift
-  DEFPOOL_ADMIN_TOKEN=$TOKEN "${RUN[@]}" "$LOADGEN_BIN" loadgen miners --report "$PHASE_DIR/$name.json" --progress "$@" \
+  env DEFPOOL_ADMIN_TOKEN="$TOKEN" ${BENCH_LOADGEN_THREADS:+TOKIO_WORKER_THREADS=$BENCH_LOADGEN_THREADS} "${RUN[@]}" "$LOADGEN_BIN" loadgen miners --report "$PHASE_DIR/$name.json" --progress "$@" \
     >/dev/null 2>"$PHASE_DIR/$name.log" &
   LOADGEN_PID=$!
   PIDS+=("$LOADGEN_PID")

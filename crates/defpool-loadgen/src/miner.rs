@@ -783,6 +783,47 @@ impl Sv1Miner<'_> {
     }
 }
 
+/// A line from the pool, as the session reads it.
+enum Line {
+    /// A `mining.notify` to an idle miner: only its coin.
+    IdleJob(Option<Arc<str>>),
+    Parsed(Result<Incoming, sv1::Sv1Error>),
+}
+
+fn read_line(line: &[u8], idle: bool, scratch: &mut Vec<u8>) -> Line {
+    match idle.then(|| peek_notify_coin(line, scratch)).flatten() {
+        Some(coin) => Line::IdleJob(coin),
+        None => Line::Parsed(parse_line(line)),
+    }
+}
+
+/// An idle miner's reading of a `mining.notify`: the coin tag of its coinbase, borrowed from
+/// the line instead of parsing every parameter into owned values. That parse was most of an
+/// idle miner's CPU per job, on the cores the proxy's switch fan-out needs; a hashing miner
+/// parses the whole job. `None` if the line is not a notify.
+fn peek_notify_coin(line: &[u8], scratch: &mut Vec<u8>) -> Option<Option<Arc<str>>> {
+    use serde::de::IgnoredAny as Any;
+    #[derive(serde::Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        method: &'a str,
+        /// job id, prevhash, coinbase1, coinbase2, branch, version, nbits, ntime, clean.
+        #[serde(borrow)]
+        params: (Any, Any, &'a str, &'a str, Any, Any, Any, Any, Any),
+    }
+    let peek: Peek = serde_json::from_slice(line).ok()?;
+    if peek.method != "mining.notify" {
+        return None;
+    }
+    let mut tag = |hex_part: &str| {
+        scratch.clear();
+        scratch.resize(hex_part.len() / 2, 0);
+        hex::decode_to_slice(hex_part, scratch).ok()?;
+        crate::coin_tag(scratch).map(Arc::from)
+    };
+    Some(tag(peek.params.2).or_else(|| tag(peek.params.3)))
+}
+
 async fn sv1_session(
     index: usize,
     addr: SocketAddr,
@@ -842,6 +883,12 @@ async fn sv1_session(
     // in flight are awaited until the deadline, without hashing.
     let mut closing: Option<(tokio::time::Instant, End)> = None;
     let mut next_submit = first_submit(ctx, index);
+    // Built once: a `wait_for` made anew on every wake registers with the channel and
+    // deregisters again, a lock each way, per message on every idle miner.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    let idle = !ctx.opts.hash;
+    let mut scratch = Vec::new();
     let end = loop {
         if !m.out.is_empty() {
             if let Err(e) = wr.write_all(m.out.as_bytes()).await {
@@ -868,22 +915,25 @@ async fn sv1_session(
             can_hash && ctx.pace.is_some() && tokio::time::Instant::now() < next_submit;
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s), if !matches!(closing, Some((_, End::Stopped))) => {
+            // Disabled once it fired: closing stays `Stopped` until the loop ends.
+            _ = &mut stopped, if !matches!(closing, Some((_, End::Stopped))) => {
                 closing = Some((tokio::time::Instant::now() + DRAIN, End::Stopped));
             }
-            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+            // In async blocks, so that a disabled branch builds no timer on every wake.
+            _ = async { tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)).await }, if stopping.is_some() => {
                 break closing.take().map(|(_, end)| end).unwrap_or(End::Stopped);
             }
-            line = async { reader.next_line().await.map(|l| l.map(parse_line)) } => {
+            line = async { reader.next_line().await.map(|l| l.map(|l| read_line(l, idle, &mut scratch))) } => {
                 match line {
-                    Ok(Some(Ok(incoming))) => {
+                    Ok(Some(Line::IdleJob(coin))) => stats.job(ctx, &coin),
+                    Ok(Some(Line::Parsed(Ok(incoming)))) => {
                         if let Some(end) = m.handle(incoming, stats) {
                             if closing.is_none() {
                                 closing = Some((tokio::time::Instant::now() + DRAIN, end));
                             }
                         }
                     }
-                    Ok(Some(Err(e))) => {
+                    Ok(Some(Line::Parsed(Err(e)))) => {
                         if e.is_protocol_violation() {
                             break End::Lost(format!("unreadable line from the pool: {e}"));
                         }
@@ -896,7 +946,7 @@ async fn sv1_session(
                     Err(e) => break End::Lost(format!("read: {e}")),
                 }
             }
-            _ = tokio::time::sleep_until(next_submit), if paced_wait => {}
+            _ = async { tokio::time::sleep_until(next_submit).await }, if paced_wait => {}
             _ = tokio::task::yield_now(), if can_hash && !paced_wait => {
                 let found = m.search.as_mut().and_then(|s| s.step(budget));
                 if let Some(found) = found {
@@ -913,4 +963,59 @@ async fn sv1_session(
     }
     stats.lost(ctx, m.submits_in_flight);
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use defpool_stratum::sv1::{Notify, PreparedNotify};
+
+    fn notify_line(coinbase1: &[u8], coinbase2: &[u8]) -> String {
+        let n = Notify {
+            job_id: String::new(),
+            prev_hash: [7; 32],
+            coinbase1: coinbase1.to_vec(),
+            coinbase2: coinbase2.to_vec(),
+            merkle_branch: vec![[1; 32], [2; 32]],
+            version: 0x2000_0000,
+            nbits: 0x1d00_ffff,
+            ntime: 1_700_000_000,
+            clean_jobs: false,
+        };
+        let mut line = String::new();
+        PreparedNotify::new(&n).write_line(&mut line, "1f", true);
+        line
+    }
+
+    #[test]
+    fn idle_miners_read_the_coin_of_a_notify_as_the_full_parse_does() {
+        let mut scratch = Vec::new();
+        for (cb1, cb2) in [
+            (&b"\x01\x02/coin:BCH/\x03"[..], &b"\xff"[..]),
+            (&b"\x01\x02"[..], &b"tail /coin:LTC/ x"[..]),
+            (&b"no tag"[..], &b"none here"[..]),
+        ] {
+            let line = notify_line(cb1, cb2);
+            let peeked = peek_notify_coin(line.as_bytes(), &mut scratch).expect("a notify");
+            let Ok(Incoming::Request(req)) = parse_line(line.as_bytes()) else {
+                panic!("the full parse fails");
+            };
+            let Ok(PoolMessage::Notify(n)) = PoolMessage::parse(&req) else {
+                panic!("not a notify");
+            };
+            assert_eq!(peeked, Work::coin_of(&n.coinbase1, &n.coinbase2));
+        }
+        assert_eq!(
+            peek_notify_coin(notify_line(b"/coin:BCH/", b"").as_bytes(), &mut scratch),
+            Some(Some(Arc::from("BCH")))
+        );
+        // Anything else goes to the full parse.
+        let difficulty = PoolMessage::SetDifficulty(0.5).to_line();
+        assert_eq!(peek_notify_coin(difficulty.as_bytes(), &mut scratch), None);
+        assert_eq!(
+            peek_notify_coin(b"{\"id\":1,\"result\":true,\"error\":null}", &mut scratch),
+            None
+        );
+        assert_eq!(peek_notify_coin(b"not json", &mut scratch), None);
+    }
 }

@@ -468,6 +468,10 @@ pub(crate) async fn session(
     let budget = crate::miner::batch(ctx.opts.algorithm);
     let mut closing: Option<(tokio::time::Instant, End)> = None;
     let mut next_submit = crate::miner::first_submit(ctx, index);
+    // Built once: a `wait_for` made anew on every wake registers with the channel and
+    // deregisters again, a lock each way, per message on every idle miner.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     let end = loop {
         let mut write_failed = None;
         for msg in m.out.drain(..) {
@@ -498,10 +502,12 @@ pub(crate) async fn session(
             can_hash && ctx.pace.is_some() && tokio::time::Instant::now() < next_submit;
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s), if !matches!(closing, Some((_, End::Stopped))) => {
+            // Disabled once it fired: closing stays `Stopped` until the loop ends.
+            _ = &mut stopped, if !matches!(closing, Some((_, End::Stopped))) => {
                 closing = Some((tokio::time::Instant::now() + crate::miner::DRAIN, End::Stopped));
             }
-            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+            // In async blocks, so that a disabled branch builds no timer on every wake.
+            _ = async { tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)).await }, if stopping.is_some() => {
                 break closing.take().map(|(_, end)| end).unwrap_or(End::Stopped);
             }
             msg = rd.recv() => match msg {
@@ -523,7 +529,7 @@ pub(crate) async fn session(
                     End::Failed(e.to_string())
                 },
             },
-            _ = tokio::time::sleep_until(next_submit), if paced_wait => {}
+            _ = async { tokio::time::sleep_until(next_submit).await }, if paced_wait => {}
             _ = tokio::task::yield_now(), if can_hash && !paced_wait => {
                 let found = m.search.as_mut().and_then(|s| s.step(budget));
                 if let Some(found) = found {
