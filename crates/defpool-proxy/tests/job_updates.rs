@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use defpool_config::StratumProtocol;
 use defpool_core::Algorithm;
 use defpool_loadgen::{MinerKind, MinersOptions, PoolProtocol};
 
@@ -33,12 +32,7 @@ async fn routine_updates_reach_every_kind_of_miner() {
         MinerKind::Sv2Standard,
         MinerKind::Sv2Extended,
     ] {
-        let port = if kind.is_sv2() {
-            proxy.port(StratumProtocol::Sv2)
-        } else {
-            proxy.port(StratumProtocol::Sv1)
-        };
-        let mut o = MinersOptions::new(port, kind, Algorithm::Sha256d);
+        let mut o = MinersOptions::new(proxy.port_for(kind), kind, Algorithm::Sha256d);
         o.count = 3;
         o.username = format!("{ADDRESS}.updates");
         o.password = "d=0.000001".into();

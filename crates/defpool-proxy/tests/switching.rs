@@ -50,12 +50,7 @@ async fn every_miner_kind_follows_two_switches_and_a_failover_without_disconnect
         MinerKind::Sv2Standard,
         MinerKind::Sv2Extended,
     ] {
-        let port = if kind.is_sv2() {
-            proxy.port(StratumProtocol::Sv2)
-        } else {
-            proxy.port(StratumProtocol::Sv1)
-        };
-        let mut o = MinersOptions::new(port, kind, Algorithm::Sha256d);
+        let mut o = MinersOptions::new(proxy.port_for(kind), kind, Algorithm::Sha256d);
         o.count = 2;
         // One worker name per kind, so the outbox can be compared kind by kind.
         o.username = format!("{ADDRESS}.{}", format!("{kind:?}").to_lowercase());

@@ -176,6 +176,15 @@ impl RunningProxy {
             .2
     }
 
+    /// The sha256d port a miner of `kind` connects to (SV2 or SV1).
+    pub fn port_for(&self, kind: defpool_loadgen::MinerKind) -> SocketAddr {
+        self.port(if kind.is_sv2() {
+            defpool_config::StratumProtocol::Sv2
+        } else {
+            defpool_config::StratumProtocol::Sv1
+        })
+    }
+
     pub fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
